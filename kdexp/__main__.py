@@ -1,0 +1,3 @@
+from kdexp.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""What the user sees in the terminal: a progress bar per training phase and the summary table."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Iterator
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(stderr=False, highlight=False)
+
+# Reading the loss forces a host sync; once every this many steps is plenty for a live display.
+_LIVE_EVERY = 20
+
+
+class _Bar:
+    def __init__(self, progress: Progress | None, task):
+        self.progress, self.task, self.loss, self.acc = progress, task, float("nan"), ""
+
+    def advance(self, epoch: int, step: int, loss: torch.Tensor) -> None:
+        if self.progress is None:
+            return
+        if step % _LIVE_EVERY == 1:
+            self.loss = float(loss.detach())
+        self.progress.update(self.task, advance=1, epoch=epoch, loss=self.loss, acc=self.acc)
+
+    def epoch_done(self, epoch: int, metrics: dict[str, float]) -> None:
+        accs = [f"{k.split('/')[0]} {v:.2f}%" for k, v in metrics.items() if k.endswith("/test_acc")]
+        self.acc = "  ".join(accs)
+        if self.progress is not None:
+            self.progress.update(self.task, acc=self.acc)
+        else:
+            loss = next((v for k, v in metrics.items() if k.endswith("/loss")), float("nan"))
+            console.print(f"  epoch {epoch}: loss {loss:.4f}  {self.acc}")
+
+
+class PhaseProgress:
+    """One rich progress bar per phase, or plain per-epoch lines when disabled or not a TTY."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stdout.isatty()
+
+    @contextlib.contextmanager
+    def phase(self, name: str, total_steps: int) -> Iterator[_Bar]:
+        if not self.enabled:
+            console.print(f"[bold]{name}[/bold]")
+            yield _Bar(None, None)
+            return
+        columns = (TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("ep {task.fields[epoch]}"), TextColumn("loss {task.fields[loss]:.4f}"),
+                   TextColumn("{task.fields[acc]}"), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task(name, total=total_steps, epoch=1, loss=float("nan"), acc="")
+            yield _Bar(progress, task)
+
+
+def summary(title: str, rows: list[tuple[str, str]], footer: list[str]) -> None:
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for label, value in rows:
+        table.add_row(label, value)
+    console.print(table)
+    for line in footer:
+        console.print(line)

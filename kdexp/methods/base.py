@@ -1,0 +1,81 @@
+"""What every loss family shares: the `Method` base class, its `Outcome`, and the registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch.nn.functional as F
+from torch import nn
+
+from kdexp.models import count_params
+
+if TYPE_CHECKING:
+    from kdexp.experiment import Context
+
+
+@dataclass
+class Outcome:
+    """What a family reports: final metrics, summary-table rows, the objective and the model to ship."""
+
+    metrics: dict[str, float]
+    rows: list[tuple[str, str]]
+    objective: str
+    deploy: dict[str, nn.Module] = field(default_factory=dict)
+
+
+class Method:
+    """A loss family. `run` trains what the family trains (through `ctx.train`), asks the
+    context for what it needs frozen (teachers, baselines), and returns an `Outcome`."""
+
+    name: str = ""
+
+    def __init__(self, ctx: "Context"):
+        self.ctx = ctx
+        self.cfg = ctx.cfg.loss
+
+    def run(self) -> Outcome:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # --- helpers the families share ---
+    @staticmethod
+    def ce_terms(logits, labels) -> dict:
+        ce = F.cross_entropy(logits, labels)
+        return {"loss": ce}
+
+    def teacher_student_outcome(self, teacher: nn.Module | None, teacher_acc: float | None,
+                                student: nn.Module, student_acc: float, baseline_acc: float | None,
+                                val_acc: float | None = None) -> Outcome:
+        """Final metrics and rows for the families that distil frozen teacher(s) into one student."""
+        ctx = self.ctx
+        sp = count_params(student)
+        metrics: dict[str, float] = {"student_acc": student_acc, "student_params": sp}
+        rows = []
+        if teacher is not None:
+            tp = count_params(teacher)
+            metrics.update(teacher_acc=teacher_acc, teacher_params=tp, compression=tp / sp)
+            rows.append((f"teacher {ctx.describe(ctx.cfg.teacher)} accuracy", f"{teacher_acc:.2f} %"))
+        if baseline_acc is not None:
+            metrics.update(baseline_acc=baseline_acc, kd_gain=student_acc - baseline_acc)
+            rows.append((f"baseline (student alone) accuracy", f"{baseline_acc:.2f} %"))
+        rows.append((f"student {ctx.describe(ctx.cfg.student)} accuracy ({self.name})", f"{student_acc:.2f} %"))
+        if baseline_acc is not None:
+            rows.append(("KD gain", f"{student_acc - baseline_acc:+.2f} points"))
+        if teacher is not None:
+            rows.append(("parameters teacher / student", f"{tp:,} / {sp:,}  ({tp / sp:.1f}x smaller)"))
+        else:
+            rows.append(("parameters student", f"{sp:,}"))
+        objective = "student_acc"
+        if val_acc is not None:
+            metrics["student_val_acc"] = val_acc
+            objective = "student_val_acc"
+        return Outcome(metrics, rows, objective, deploy={"student": student})
+
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: makes a family available as `loss=<cls.name>`."""
+    REGISTRY[cls.name] = cls
+    return cls

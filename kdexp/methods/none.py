@@ -1,0 +1,27 @@
+"""`loss=none`: the student trained on the labels alone (no teacher): the reference point."""
+
+from __future__ import annotations
+
+from kdexp.methods.base import Method, Outcome, register
+from kdexp.train import Phase
+
+
+@register
+class NoDistillation(Method):
+    name = "none"
+
+    def run(self) -> Outcome:
+        ctx, cfg = self.ctx, self.ctx.cfg
+        student = ctx.build(cfg.student, "student")
+        phase = Phase(
+            name="student",
+            models={"student": student},
+            loss=lambda x, y, idx: self.ce_terms(student(x), y),
+            predict=lambda x: {"student": student(x)},
+            epochs=cfg.trainer.epochs,
+            seed=ctx.seed("student"),
+            augment=ctx.augment_students,
+        )
+        hist = ctx.train(phase)
+        return self.teacher_student_outcome(None, None, student, hist.last("student/test_acc"), None,
+                                            ctx.val_acc(hist, "student"))

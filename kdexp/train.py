@@ -1,0 +1,132 @@
+"""The training loop every loss family shares.
+
+A `Phase` is what one family hands the loop: the models trained together (one optimiser over
+all of them), a function from a batch to named loss terms (the total under `loss`), and a
+function from inputs to the logits of every model judged at evaluation. The loop knows no family.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from kdexp import data as data_mod
+from kdexp.losses import accuracy
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+PredictFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced NaN/inf; the message names the phase, epoch and step."""
+
+
+@dataclass
+class Phase:
+    name: str
+    models: dict[str, nn.Module]
+    loss: LossFn
+    predict: PredictFn
+    epochs: int
+    seed: int
+    augment: bool = False
+
+
+@dataclass
+class History:
+    """Per-epoch values of every metric the phase logged, and the last epoch's accuracies."""
+
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.metrics.setdefault(key, []).append(value)
+
+    def last(self, key: str) -> float:
+        return self.metrics[key][-1]
+
+
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(predict: PredictFn, models: dict[str, nn.Module], split, batch_size: int) -> dict[str, float]:
+    """Accuracy (in %) of every model `predict` returns, in eval mode; restores train mode."""
+    modes = {name: m.training for name, m in models.items()}
+    for m in models.values():
+        m.eval()
+    correct: dict[str, torch.Tensor] = {}
+    for x, y in data_mod.eval_batches(split, batch_size):
+        for name, logits in predict(x).items():
+            correct[name] = correct.get(name, 0) + accuracy(logits, y)
+    for name, m in models.items():
+        m.train(modes[name])
+    return {name: 100.0 * float(c) / len(split) for name, c in correct.items()}
+
+
+class Loop:
+    """Runs phases on one data set with one optimiser recipe; reports through `on_epoch`."""
+
+    def __init__(self, dataset, data_cfg, optim_cfg, progress, on_epoch: Callable[[str, int, dict], None]):
+        self.dataset = dataset
+        self.data_cfg = data_cfg
+        self.optim_cfg = optim_cfg
+        self.progress = progress
+        self.on_epoch = on_epoch
+
+    def _augmenter(self, phase: Phase, generator: torch.Generator):
+        if not phase.augment:
+            return None
+        return lambda x: data_mod.random_shift(x, self.data_cfg.max_shift, generator)
+
+    def fit(self, phase: Phase) -> History:
+        params = [p for m in phase.models.values() for p in m.parameters()]
+        optimizer = make_optimizer(params, self.optim_cfg)
+        generator = torch.Generator(device="cpu").manual_seed(phase.seed)
+        augment = self._augmenter(phase, generator)
+        train = self.dataset.train
+        steps = math.ceil(len(train) / self.data_cfg.batch_size)
+        history = History()
+        for m in phase.models.values():
+            m.train()
+        with self.progress.phase(phase.name, phase.epochs * steps) as bar:
+            for epoch in range(1, phase.epochs + 1):
+                sums: dict[str, torch.Tensor] = {}
+                for step, (x, y, idx) in enumerate(
+                    data_mod.batches(train, self.data_cfg.batch_size, generator, augment), start=1
+                ):
+                    terms = phase.loss(x, y, idx)
+                    optimizer.zero_grad(set_to_none=True)
+                    terms["loss"].backward()
+                    optimizer.step()
+                    for key, value in terms.items():
+                        sums[key] = sums.get(key, 0) + value.detach() * len(y)
+                    bar.advance(epoch, step, terms["loss"])
+                means = {f"{phase.name}/{k}": float(v) / len(train) for k, v in sums.items()}
+                bad = [k for k, v in means.items() if not math.isfinite(v)]
+                if bad:
+                    raise NonFiniteLoss(
+                        f"non-finite {bad[0]} in phase {phase.name!r} at epoch {epoch} "
+                        f"(step {steps}); lower optim.lr or check the inputs"
+                    )
+                metrics = dict(means)
+                for split_name in ("test", "val"):
+                    split = getattr(self.dataset, split_name)
+                    if split is None:
+                        continue
+                    accs = evaluate(phase.predict, phase.models, split, self.data_cfg.eval_batch_size)
+                    metrics.update({f"{name}/{split_name}_acc": acc for name, acc in accs.items()})
+                history.add(metrics)
+                bar.epoch_done(epoch, metrics)
+                self.on_epoch(phase.name, epoch, metrics)
+        return history
