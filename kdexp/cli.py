@@ -68,12 +68,17 @@ def _task(cfg: DictConfig) -> float:
     from kdexp.config import validate
     from kdexp.train import NonFiniteLoss
 
+    from kdexp.sweep import parent_for_job, threads_per_job
+
     hydra_cfg = HydraConfig.get()
     try:
+        parent = parent_for_job(hydra_cfg, cfg.tracking.experiment)
+        if parent is not None and cfg.trainer.threads == 0:
+            cfg.trainer.threads = threads_per_job(hydra_cfg)
         typed = validate(cfg)
         output_dir = Path(hydra_cfg.runtime.output_dir)
         hydra_dir = output_dir / hydra_cfg.output_subdir if hydra_cfg.output_subdir else None
-        return experiment.run(typed, list(hydra_cfg.overrides.task), hydra_dir)
+        return experiment.run(typed, list(hydra_cfg.overrides.task), hydra_dir, parent)
     except ConfigError as err:
         fail(str(err))
     except NonFiniteLoss as err:

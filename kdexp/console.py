@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console(stderr=False, highlight=False)
+console = Console(stderr=False, highlight=False, soft_wrap=True)
 
 # Reading the loss forces a host sync; once every this many steps is plenty for a live display.
 _LIVE_EVERY = 20
@@ -45,7 +45,7 @@ class PhaseProgress:
         self.enabled = enabled and sys.stdout.isatty()
 
     @contextlib.contextmanager
-    def phase(self, name: str, total_steps: int) -> Iterator[_Bar]:
+    def phase(self, name: str, total_steps: int, done_steps: int = 0) -> Iterator[_Bar]:
         if not self.enabled:
             console.print(f"[bold]{name}[/bold]")
             yield _Bar(None, None)
@@ -54,7 +54,8 @@ class PhaseProgress:
                    TextColumn("ep {task.fields[epoch]}"), TextColumn("loss {task.fields[loss]:.4f}"),
                    TextColumn("{task.fields[acc]}"), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task(name, total=total_steps, epoch=1, loss=float("nan"), acc="")
+            task = progress.add_task(name, total=total_steps, completed=done_steps, epoch=1,
+                                     loss=float("nan"), acc="")
             yield _Bar(progress, task)
 
 

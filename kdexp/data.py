@@ -13,9 +13,20 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from kdexp.config import ConfigError
+from kdexp.config import AUGMENTATIONS, ConfigError
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+# Per-channel mean and std of each training split, pixels scaled to [0, 1]; the CIFAR values
+# are those of the CRD / mdistiller CIFAR-100 benchmark code.
+STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mnist5k": ((MNIST_MEAN,), (MNIST_STD,)),
+    "mnist": ((MNIST_MEAN,), (MNIST_STD,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "kmnist": ((0.1918,), (0.3483,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+}
 
 
 @dataclass
@@ -47,7 +58,8 @@ class Dataset:
         return Dataset(self.name, self.train.to(device), self.test.to(device), val, self.num_classes)
 
 
-# --- loaders: each returns (train_x uint8 (N,H,W[,C]), train_y, test_x, test_y, mean, std) ---
+# --- loaders: each returns (train_x uint8 (N,H,W[,C]), train_y, test_x, test_y, mean, std)
+# and, optionally, a 7th item: the number of classes the data set defines (else max label + 1) ---
 
 
 def stratified_split(y: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,18 +106,29 @@ def _missing(name: str, root: str, err: Exception) -> ConfigError:
     )
 
 
+def _torchvision_folder(cls) -> str:
+    """Where torchvision's class keeps its files under root: `MNIST/raw`, `cifar-10-batches-py`, ..."""
+    return getattr(cls, "base_folder", None) or f"{cls.__name__}/raw"
+
+
 def _load_torchvision(cls_name: str, mean, std):
+    """A loader for `torchvision.datasets.<cls_name>` under `data.root` (fetched when `data.download`)."""
+
     def load(cfg):
+        import pickle
+
         import torchvision.datasets as tvd
 
         cls = getattr(tvd, cls_name)
+        folder = Path(cfg.root) / _torchvision_folder(cls)
         try:
             train = cls(cfg.root, train=True, download=cfg.download)
             test = cls(cfg.root, train=False, download=cfg.download)
-        except (RuntimeError, OSError, ValueError, EOFError) as err:
-            raise _missing(cfg.name, cfg.root, err) from None
+        except (RuntimeError, OSError, ValueError, EOFError, TypeError, KeyError, AssertionError,
+                pickle.UnpicklingError) as err:
+            raise _missing(cfg.name, str(folder), err) from None
         return (_as_tensor(train.data), _as_tensor(train.targets),
-                _as_tensor(test.data), _as_tensor(test.targets), mean, std)
+                _as_tensor(test.data), _as_tensor(test.targets), mean, std, len(train.classes))
 
     return load
 
@@ -116,7 +139,11 @@ def _as_tensor(a) -> torch.Tensor:
 
 LOADERS: dict[str, Callable] = {
     "mnist5k": _load_mnist5k,
-    "mnist": _load_torchvision("MNIST", (MNIST_MEAN,), (MNIST_STD,)),
+    "mnist": _load_torchvision("MNIST", *STATS["mnist"]),
+    "fashion_mnist": _load_torchvision("FashionMNIST", *STATS["fashion_mnist"]),
+    "kmnist": _load_torchvision("KMNIST", *STATS["kmnist"]),
+    "cifar10": _load_torchvision("CIFAR10", *STATS["cifar10"]),
+    "cifar100": _load_torchvision("CIFAR100", *STATS["cifar100"]),
 }
 
 
@@ -133,7 +160,9 @@ def load(cfg) -> Dataset:
     """The data set named by `cfg.name`, normalised, with an optional validation split."""
     if cfg.name not in LOADERS:
         raise ConfigError(f"data.name={cfg.name!r} is not known; allowed: {', '.join(sorted(LOADERS))}")
-    tx, ty, vx, vy, mean, std = LOADERS[cfg.name](cfg)
+    loaded = LOADERS[cfg.name](cfg)
+    tx, ty, vx, vy, mean, std = loaded[:6]
+    defined_classes = int(loaded[6]) if len(loaded) > 6 else 0
     train = Split(_normalise(tx, mean, std), ty.long())
     test = Split(_normalise(vx, mean, std), vy.long())
     val = None
@@ -144,28 +173,61 @@ def load(cfg) -> Dataset:
         train, val = Split(train.x[tr_idx], train.y[tr_idx]), Split(train.x[val_idx], train.y[val_idx])
     if cfg.limit_train:
         train = Split(train.x[: cfg.limit_train], train.y[: cfg.limit_train])
-    num_classes = int(max(train.y.max(), test.y.max())) + 1
+    num_classes = max(defined_classes, int(max(train.y.max(), test.y.max())) + 1)
     return Dataset(cfg.name, train, test, val, num_classes)
 
 
 # --- batching and augmentation ----------------------------------------------------
 
 
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by its own random (dy, dx) in [-max_shift, max_shift], filling with the
-    background value; one gather for the whole batch."""
-    if max_shift == 0:
-        return x
+def _random_crop(x: torch.Tensor, pad: int, fill: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Pad each image by `pad` pixels with `fill` (broadcast to (n, c, 1, 1)) and cut a window of the
+    original size at its own random offset: one gather for the whole batch. The offsets are drawn
+    on the CPU generator, so the draw is the same on every device."""
     n, c, h, w = x.shape
-    background = x.amin(dim=(1, 2, 3), keepdim=True)
-    padded = background.expand(n, c, h + 2 * max_shift, w + 2 * max_shift).clone()
-    padded[:, :, max_shift:max_shift + h, max_shift:max_shift + w] = x
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator, device=x.device)
+    padded = fill.expand(n, c, h + 2 * pad, w + 2 * pad).clone()
+    padded[:, :, pad:pad + h, pad:pad + w] = x
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
     rows = (torch.arange(h, device=x.device).view(1, h) + dy.view(n, 1))  # (n, h)
     cols = (torch.arange(w, device=x.device).view(1, w) + dx.view(n, 1))  # (n, w)
     batch = torch.arange(n, device=x.device).view(n, 1, 1)
     out = padded.permute(0, 2, 3, 1)[batch, rows.view(n, h, 1), cols.view(n, 1, w)]  # (n,h,w,c)
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by its own random (dy, dx) in [-max_shift, max_shift], filling with the
+    background value (the image's minimum); one gather for the whole batch."""
+    if max_shift == 0:
+        return x
+    background = x.amin(dim=(1, 2, 3), keepdim=True)
+    return _random_crop(x, max_shift, background, generator)
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator,
+                     fill: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """The CIFAR recipe on a batch: `RandomCrop(size, padding)` then `RandomHorizontalFlip()`, each
+    image with its own crop offset and coin. `fill` is the padding value per channel (the
+    normalised value of a black pixel reproduces torchvision's zero padding before normalisation)."""
+    n, c = x.shape[:2]
+    fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(-1, 1, 1).expand(c, 1, 1)
+    out = _random_crop(x, padding, fill.unsqueeze(0), generator) if padding else x
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device).view(n, 1, 1, 1)
+    return torch.where(flip, out.flip(3), out)
+
+
+def make_augmenter(cfg, generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The batch augmentation named by `data.augmentation` (whether a phase uses it is decided by
+    `data.augment` / `trainer.teacher_augment`): `shift` moves digits by up to `data.max_shift`
+    pixels; `crop_flip` is the CIFAR crop with `data.crop_padding` pixels of black padding + flip."""
+    kind = cfg.get("augmentation", "shift")
+    if kind == "shift":
+        return lambda x: random_shift(x, cfg.max_shift, generator)
+    if kind == "crop_flip":
+        mean, std = STATS.get(cfg.name, ((0.0,), (1.0,)))
+        black = tuple(-m / s for m, s in zip(mean, std))
+        return lambda x: random_crop_flip(x, cfg.crop_padding, generator, black)
+    raise ConfigError(f"data.augmentation={kind!r} is not known; allowed: {', '.join(AUGMENTATIONS)}")
 
 
 def batches(split: Split, batch_size: int, generator: torch.Generator,

@@ -19,9 +19,21 @@ from torch import nn
 from kdexp import config as config_mod
 from kdexp import data as data_mod
 from kdexp import models as models_mod
+from kdexp import store as store_mod
+from kdexp.checkpoint import Checkpoints
 from kdexp.config import ConfigError
 from kdexp.console import PhaseProgress, console, summary
+from kdexp.store import ModelStore
 from kdexp.train import History, Loop, Phase
+
+def _without_prefix(metrics: dict[str, list[float]], role: str) -> dict[str, list[float]]:
+    """`{'teacher/loss': ...}` → `{'loss': ...}`: store entries are independent of the role name."""
+    return {k.removeprefix(f"{role}/"): v for k, v in metrics.items()}
+
+
+def _with_prefix(metrics: dict[str, list[float]], role: str) -> dict[str, list[float]]:
+    return {f"{role}/{k}": v for k, v in metrics.items()}
+
 
 FrozenLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -35,11 +47,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Context:
-    def __init__(self, cfg: DictConfig, dataset: data_mod.Dataset, run, device: torch.device):
+    def __init__(self, cfg: DictConfig, dataset: data_mod.Dataset, run, device: torch.device,
+                 checkpoints: Checkpoints | None = None, store: ModelStore | None = None):
         self.cfg = cfg
         self.dataset = dataset
         self.run = run
         self.device = device
+        self.checkpoints = checkpoints
+        self.store = store
         self.histories: dict[str, History] = {}
         self.loop = Loop(dataset, cfg.data, cfg.optim, PhaseProgress(cfg.trainer.progress), self._log_epoch)
 
@@ -65,24 +80,58 @@ class Context:
         self.run.metrics(metrics, step=epoch)
 
     def train(self, phase: Phase) -> History:
-        history = self.loop.fit(phase)
+        """Run a phase through the shared loop, resuming from its checkpoint when there is one."""
+        resume, save = None, None
+        if self.checkpoints is not None:
+            resume = self.checkpoints.load(phase.name)
+            save = lambda state: self.checkpoints.save(phase.name, state)  # noqa: E731
+        history = self.loop.fit(phase, resume, save)
+        if resume is not None:
+            # A crash between the checkpoint and the metric logging loses that epoch's metrics.
+            self._log_missing_epochs(phase.name, history)
         self.histories[phase.name] = history
         return history
 
+    def _log_missing_epochs(self, phase: str, history: History) -> None:
+        logged = self.run.logged_steps(f"{phase}/loss")
+        for epoch in range(1, len(history.metrics.get(f"{phase}/loss", [])) + 1):
+            if epoch not in logged:
+                self.run.metrics({k: v[epoch - 1] for k, v in history.metrics.items()}, step=epoch)
+
     def supervised(self, model_cfg, role: str, init_role: str, epochs: int, augment: bool) -> tuple[nn.Module, History]:
         """`model_cfg` trained on the labels alone, logged under `role`; init and batch order come
-        from `init_role`, so a baseline shares its student's starting point and schedule."""
+        from `init_role`, so a baseline shares its student's starting point and schedule.
+        Served by the model store when the same model was trained before (`store.reuse`)."""
         model = self.build(model_cfg, init_role)
+        seed = self.seed(init_role)
         phase = Phase(
             name=role,
             models={role: model},
             loss=lambda x, y, idx: {"loss": nn.functional.cross_entropy(model(x), y)},
             predict=lambda x: {role: model(x)},
             epochs=epochs,
-            seed=self.seed(init_role),
+            seed=seed,
             augment=augment,
         )
-        return model, self.train(phase)
+        if self.store is None:
+            return model, self.train(phase)
+
+        def train() -> tuple[dict, dict]:
+            history = self.train(phase)
+            return model.state_dict(), _without_prefix(history.metrics, role)
+
+        key, payload = store_mod.key_for(model_cfg, self.cfg.data, self.cfg.optim, epochs, augment, seed)
+        label = f"{role} {models_mod.describe(model_cfg)}"
+        source, store_run, generic = self.store.get_or_train(key, payload, label, model.load_state_dict, train)
+        self.run.tags({f"kdexp.{role}.source": source, f"kdexp.{role}.lineage": store_run})
+        if source == "store":
+            history = History(_with_prefix(generic, role))
+            for epoch in range(1, len(history.metrics.get(f"{role}/loss", [])) + 1):
+                self.run.metrics({k: v[epoch - 1] for k, v in history.metrics.items()}, step=epoch)
+            self.histories[role] = history
+            console.print(f"[bold]{role}[/bold]: loaded from the model store (run {store_run}, key {key[:8]})")
+            return model, history
+        return model, self.histories[role]
 
     def teacher(self, model_cfg, role: str = "teacher") -> tuple[nn.Module, History]:
         """A teacher trained on labels, returned frozen (eval mode, no gradients)."""
@@ -138,28 +187,53 @@ def default_run_name(cfg: DictConfig, overrides: list[str]) -> str:
 
 def run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None = None,
         parent_run_id: str | None = None) -> float:
-    """Train and track one experiment described by a validated config; returns the objective."""
-    from kdexp import plots, tracking
-    from kdexp.methods import REGISTRY
+    """Train and track one experiment described by a validated config; returns the objective.
 
-    started = time.perf_counter()
+    The run's identity is its config (`checkpoint.run_key`). With `trainer.rerun=skip` (default) a
+    FINISHED run of the same config is not repeated, and an interrupted one (RUNNING after a crash,
+    FAILED, KILLED) is resumed in place from its checkpoints; `trainer.rerun=force` starts anew."""
+    from kdexp import tracking
+    from kdexp.checkpoint import run_key, run_lock
+
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     device = resolve_device(cfg.trainer.device)
     dataset = data_mod.load(cfg.data).to(device)
-    method_cls = REGISTRY[cfg.loss.name]
+    key = run_key(cfg)
+    tracking.prepare(cfg.tracking.uri, cfg.tracking.experiment)
+    with run_lock(cfg.trainer.checkpoint_dir, key):
+        previous = tracking.find_run(cfg.tracking.experiment, key) if cfg.trainer.rerun == "skip" else None
+        if previous is not None and previous.status == "FINISHED":
+            console.print(f"kdexp: this exact config already FINISHED as MLflow run {previous.run_id}; "
+                          f"skipped (trainer.rerun=force runs it again)")
+            return previous.objective
+        resume_id = previous.run_id if previous is not None else None
+        tags = {**run_tags(cfg, overrides), "kdexp.run_key": key,
+                "kdexp.role": "job" if parent_run_id else "single"}
+        run = tracking.Run(cfg.tracking, default_run_name(cfg, overrides), tags, parent_run_id, resume_id)
+        if resume_id:
+            console.print(f"kdexp: resuming MLflow run {resume_id} ({previous.status}) from its checkpoints")
+        return _track(cfg, overrides, hydra_dir, dataset, device, run, Checkpoints(cfg.trainer.checkpoint_dir, key, run.run_id))
 
-    run = tracking.Run(cfg.tracking, default_run_name(cfg, overrides), run_tags(cfg, overrides), parent_run_id)
+
+def _track(cfg, overrides, hydra_dir, dataset, device, run, checkpoints) -> float:
+    """Everything inside the MLflow run: a raise ends it FAILED (KILLED on Ctrl-C), error recorded."""
+    from kdexp import plots
+    from kdexp.methods import REGISTRY
+
+    started = time.perf_counter()
     try:
         run.params(config_mod.flatten(cfg))
         run.text(OmegaConf.to_yaml(cfg), "config.yaml")
         if hydra_dir is not None:
             run.folder(hydra_dir, "hydra")
-        ctx = Context(cfg, dataset, run, device)
-        outcome = method_cls(ctx).run()
+        store = ModelStore(cfg.store, cfg.tracking)
+        ctx = Context(cfg, dataset, run, device, checkpoints, store)
+        outcome = REGISTRY[cfg.loss.name](ctx).run()
         wall = time.perf_counter() - started
         outcome.metrics["wall_time_s"] = wall
         run.metrics(outcome.metrics)
+        run.tags({"kdexp.objective": outcome.objective})
         figure = plots.learning_curves(ctx.histories)
         run.figure(figure, "learning_curves.png")
         plots.close(figure)

@@ -84,7 +84,119 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# Short names of the model families that register them (`resnet8x4`, `resnet18`).
+DESCRIBERS: dict[str, Callable[..., str]] = {}
+
+
 def describe(cfg) -> str:
-    """A short name for tags and tables: `mlp[512,256]`, `cnn[32,64]`."""
+    """A short name for tags and tables: `mlp[512,256]`, `cnn[32,64]`, `resnet8x4`."""
+    if cfg.name in DESCRIBERS:
+        return DESCRIBERS[cfg.name](cfg)
     sizes = cfg.get("hidden", None) or cfg.get("channels", None) or []
     return f"{cfg.name}[{','.join(str(s) for s in sizes)}]"
+
+
+# --- multi-exit nets for self-distillation ---------------------------------------------
+
+
+def pooled(h: torch.Tensor) -> torch.Tensor:
+    """A stage output as one feature vector per sample: feature maps are globally average-pooled,
+    vectors kept as they are, anything else flattened."""
+    if h.dim() == 4:
+        return h.mean(dim=(2, 3))
+    return h.flatten(1)
+
+
+class ExitHead(nn.Module):
+    """An early exit: a small bottleneck from a stage's output to `width` features, then a linear
+    classifier. Feature maps go through a 3x3 stride-2 conv, batch norm, ReLU and global average
+    pooling; vectors through one linear layer and ReLU."""
+
+    def __init__(self, shape: tuple[int, ...], width: int, num_classes: int):
+        super().__init__()
+        if len(shape) == 3:
+            self.bottleneck: nn.Module = nn.Sequential(
+                nn.Conv2d(shape[0], width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+                nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        else:
+            size = 1
+            for d in shape:
+                size *= d
+            self.bottleneck = nn.Sequential(nn.Flatten(1), nn.Linear(size, width), nn.ReLU())
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.bottleneck(h))
+
+
+class MultiExit(nn.Module):
+    """A `StagedNet` with an exit after each stage: an `ExitHead` after every stage but the last,
+    and the net's own head as the deepest exit (so the deepest exit is exactly the original model).
+
+    Each exit's features (for the feature-matching term) are its bottleneck output; the deepest
+    exit's are the last stage's output, pooled (`pooled`). Every bottleneck has that width, so the
+    shapes match. `outputs(x)` gives (logits, features) of every exit, shallow to deep; `forward`
+    the deepest exit's logits; `exit_net(i)` exit i (1-based) as a standalone `StagedNet` sharing
+    these weights, whose parameter count is the model up to that exit."""
+
+    def __init__(self, net: StagedNet, input_shape: tuple[int, ...], num_classes: int):
+        super().__init__()
+        if not isinstance(net, StagedNet):
+            raise ConfigError(f"a multi-exit net needs a StagedNet, got {type(net).__name__}")
+        if len(net.stages) < 2:
+            raise ConfigError(
+                f"loss=self needs a model with at least two stages (one exit per stage); this one has "
+                f"{len(net.stages)}: give it more hidden layers / conv blocks, or use loss.mode=born_again")
+        self.net = net
+        shapes = self._stage_shapes(net, input_shape)
+        width = int(pooled(torch.zeros((1, *shapes[-1]))).shape[1])
+        self.exits = nn.ModuleList(ExitHead(shape, width, num_classes) for shape in shapes[:-1])
+
+    @staticmethod
+    def _stage_shapes(net: StagedNet, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        was_training = net.training
+        device = next(net.parameters()).device
+        net.eval()
+        with torch.no_grad():
+            shapes = [tuple(h.shape[1:]) for h in net.features(torch.zeros((1, *input_shape), device=device))]
+        net.train(was_training)
+        return shapes
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.exits) + 1
+
+    def outputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logits, feats = [], []
+        h = self.net.stem(x)
+        for i, stage in enumerate(self.net.stages):
+            h = stage(h)
+            if i < len(self.exits):
+                f = self.exits[i].bottleneck(h)
+                feats.append(f)
+                logits.append(self.exits[i].classifier(f))
+        feats.append(pooled(h))
+        logits.append(self.net.head(h))
+        return logits, feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def exit_net(self, i: int) -> StagedNet:
+        if not 1 <= i <= self.num_exits:
+            raise IndexError(f"exit {i} of {self.num_exits}")
+        if i == self.num_exits:
+            return self.net
+        return StagedNet(list(self.net.stages[:i]), self.exits[i - 1], stem=self.net.stem)
+
+
+def multi_exit(net: StagedNet, input_shape: tuple[int, ...], num_classes: int, seed: int) -> MultiExit:
+    """`net` made multi-exit, the exit heads' weights drawn from `seed` alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MultiExit(net, tuple(input_shape), num_classes).to(next(net.parameters()).device)
+
+
+# CIFAR ResNets and torchvision models live in their own modules, which import StagedNet from
+# here and register themselves in BUILDERS / DESCRIBERS.
+from kdexp import resnets, tv_models  # noqa: E402,F401

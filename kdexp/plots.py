@@ -30,3 +30,69 @@ def learning_curves(histories: dict) -> "plt.Figure":
 
 def close(fig) -> None:
     plt.close(fig)
+
+
+# --- sweep reports ---
+
+
+def heatmap(values, row_labels: list[str], col_labels: list[str], row_key: str, col_key: str, title: str,
+            fmt: str = "{:.2f}", diverging: bool = False, unit: str = "") -> "plt.Figure":
+    """An annotated grid: `values[i][j]` at row `row_labels[i]`, column `col_labels[j]`; NaN = no result.
+    `diverging` centres the colours on 0 (gains and losses); the best cell is outlined."""
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.patches import Rectangle
+
+    grid = np.asarray(values, dtype=float)
+    finite = grid[np.isfinite(grid)]
+    fig, ax = plt.subplots(figsize=(1.1 * len(col_labels) + 2.8, 0.8 * len(row_labels) + 1.8))
+    cmap = plt.get_cmap("RdBu" if diverging else "viridis").with_extremes(bad="#dddddd")
+    norm = None
+    if diverging and finite.size:
+        bound = max(float(np.abs(finite).max()), 1e-9)
+        norm = TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound)
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto")
+    fig.colorbar(image, ax=ax, label=unit)
+    ax.set_xticks(range(len(col_labels)), col_labels)
+    ax.set_yticks(range(len(row_labels)), row_labels)
+    ax.set(xlabel=col_key, ylabel=row_key, title=title)
+    best = np.unravel_index(np.nanargmax(grid), grid.shape) if finite.size else None
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isfinite(value):
+            ax.text(j, i, "—", ha="center", va="center", color="#555555")
+            continue
+        r, g, b, _ = cmap(image.norm(value))
+        color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+        ax.text(j, i, fmt.format(value), ha="center", va="center", color=color,
+                fontweight="bold" if (i, j) == best else "normal")
+    if best is not None:
+        ax.add_patch(Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    fig.tight_layout()
+    return fig
+
+
+def sweep_line(x: list, series: list[tuple[str, list[float], list[float] | None, str]], xlabel: str,
+               ylabel: str, title: str, categorical: bool = False, zero_line: bool = False) -> "plt.Figure":
+    """One line per `(label, y, yerr or None, linestyle)` over the swept values `x` (NaN = no result)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    positions = list(range(len(x))) if categorical else x
+    for label, y, yerr, style in series:
+        ax.errorbar(positions, y, yerr=yerr, marker="o", linestyle=style, capsize=4, label=label)
+    if categorical:
+        ax.set_xticks(positions, [str(v) for v in x])
+    else:
+        ax.set_xticks(x, [f"{v:g}" for v in x])
+    if zero_line:
+        ax.axhline(0.0, color="grey", linewidth=1)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path) -> None:
+    """Write `fig` as a PNG and release it."""
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

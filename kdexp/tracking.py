@@ -6,13 +6,17 @@ in the working folder, with artifacts under `./mlruns`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import tempfile
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from kdexp.config import flatten
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -51,14 +55,20 @@ class Run:
     """One MLflow run: params, per-epoch metrics, tags, artifacts, and its final status."""
 
     def __init__(self, tracking_cfg, run_name: str | None, tags: dict[str, str],
-                 parent_run_id: str | None = None):
+                 parent_run_id: str | None = None, resume_run_id: str | None = None):
         import mlflow
 
         self.mlflow = mlflow
         self.uri, self.experiment_id = prepare(tracking_cfg.uri, tracking_cfg.experiment)
-        self.run = mlflow.start_run(run_name=tracking_cfg.run_name or run_name, tags=tags,
-                                    parent_run_id=parent_run_id)
+        if resume_run_id:
+            self.run = mlflow.start_run(run_id=resume_run_id)
+        else:
+            self.run = mlflow.start_run(run_name=tracking_cfg.run_name or run_name, tags=tags,
+                                        parent_run_id=parent_run_id)
         self.run_id = self.run.info.run_id
+
+    def logged_steps(self, key: str) -> set[int]:
+        return {m.step for m in self.mlflow.MlflowClient().get_metric_history(self.run_id, key)}
 
     # --- logging ---
     def params(self, params: dict[str, Any]) -> None:
@@ -111,5 +121,257 @@ class Run:
         return f"mlflow ui --backend-store-uri {self.uri}   (then open experiment {self.experiment_id}, run {self.run_id})"
 
 
-def tmp_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="kdexp-")
+@dataclass
+class PreviousRun:
+    run_id: str
+    status: str
+    objective: float
+
+
+def find_run(experiment: str, run_key: str) -> PreviousRun | None:
+    """The latest top-level run of this config (tag `kdexp.run_key`) in the experiment, if any."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = _client().search_runs([exp.experiment_id], filter_string=f"tags.`kdexp.run_key` = '{run_key}'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    run = runs[0]
+    objective = run.data.metrics.get(run.data.tags.get("kdexp.objective", "student_acc"), float("nan"))
+    return PreviousRun(run.info.run_id, run.info.status, objective)
+
+
+# --- the model store: trained teachers and baselines as runs of a store experiment ---
+
+
+def _client():
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def find_stored(experiment: str, key: str) -> tuple[str, dict, dict] | None:
+    """(run id, state dict, history) of the FINISHED store entry for `key`, or None.
+    The state dict is loaded with `weights_only=True`: nothing stored can execute code."""
+    import mlflow
+    import torch
+
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = _client().search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`kdexp.store_key` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time ASC"], max_results=1,
+    )
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    with tempfile.TemporaryDirectory(prefix="kdexp-store-") as tmp:
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="entry", dst_path=tmp))
+        state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+        history = json.loads((folder / "history.json").read_text())
+    return run_id, state, history
+
+
+def save_stored(experiment: str, key: str, payload: dict, label: str, state: dict, history: dict) -> str:
+    """Record a trained model as a FINISHED run of the store experiment; returns its run id."""
+    import mlflow
+    import torch
+
+    client = _client()
+    exp = mlflow.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    run = client.create_run(exp_id, run_name=f"{label} {key[:8]}",
+                            tags={"kdexp.store_key": key, "kdexp.role": "store", "kdexp.label": label})
+    try:
+        for name, value in flatten(payload).items():
+            client.log_param(run.info.run_id, name, value[:6000])
+        with tempfile.TemporaryDirectory(prefix="kdexp-store-") as tmp:
+            torch.save(state, Path(tmp) / "model.pt")
+            (Path(tmp) / "history.json").write_text(json.dumps(history))
+            client.log_artifacts(run.info.run_id, tmp, "entry")
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+# --- sweeps: one parent run per multirun, a nested child per job ---
+
+SWEEP_ENV = "KDEXP_PARENT_RUN_ID"
+
+
+def start_sweep(uri: str | None, experiment: str, sweep_dir: str, overrides: list[str]) -> str:
+    """The parent run of a multirun (reused when the same sweep folder is run again); returns its id."""
+    import mlflow
+
+    prepare(uri, experiment)
+    parent = find_sweep_parent(experiment, sweep_dir)
+    client = _client()
+    if parent is not None:
+        client.update_run(parent, status="RUNNING")
+        return parent
+    exp = mlflow.get_experiment_by_name(experiment)
+    name = f"sweep {Path(sweep_dir).name}: {' '.join(overrides) or '(no overrides)'}"
+    run = client.create_run(exp.experiment_id, run_name=name[:250], tags={
+        "kdexp.role": "sweep", "kdexp.sweep_dir": sweep_dir,
+        "kdexp.sweep_overrides": " ".join(overrides), **({"git_commit": c} if (c := git_commit()) else {}),
+    })
+    return run.info.run_id
+
+
+def find_sweep_parent(experiment: str, sweep_dir: str) -> str | None:
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = _client().search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`kdexp.role` = 'sweep' and tags.`kdexp.sweep_dir` = '{sweep_dir}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def end_sweep(parent_id: str) -> str:
+    """Close the parent: FINISHED when every child finished, else FAILED. Returns the status."""
+    client = _client()
+    parent = client.get_run(parent_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    statuses = [c.info.status for c in children]
+    status = "FINISHED" if statuses and all(s == "FINISHED" for s in statuses) else "FAILED"
+    client.set_tag(parent_id, "kdexp.jobs", f"{statuses.count('FINISHED')}/{len(statuses)} finished")
+    client.set_terminated(parent_id, status)
+    return status
+
+
+# --- read side: sweeps and reports ---
+
+from dataclasses import dataclass, field  # noqa: E402  (kept with the code that uses it)
+
+
+class StoreError(Exception):
+    """A one-line reason why the store cannot answer: no store, experiment, sweep or run."""
+
+
+@dataclass
+class RunRecord:
+    """What the report needs of a run, as plain data (so callers never touch MLflow objects)."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time: int
+    experiment_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _record(run) -> RunRecord:
+    return RunRecord(run.info.run_id, run.info.run_name or "", run.info.status, run.info.start_time or 0,
+                     run.info.experiment_id, dict(run.data.tags), dict(run.data.params), dict(run.data.metrics))
+
+
+def missing_local_store(uri: str) -> str | None:
+    """The path of a local store (sqlite file, file-store folder) that does not exist, else None.
+    Checked before connecting: MLflow creates an empty store on first contact."""
+    from urllib.parse import unquote, urlparse
+
+    if uri.startswith("sqlite:"):
+        path = uri.split("sqlite:///", 1)[1].split("?", 1)[0] if "sqlite:///" in uri else ""
+        return None if not path or path == ":memory:" or Path(path).is_file() else path
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        path = unquote(parsed.path)
+    elif parsed.scheme == "":
+        path = uri
+    else:
+        return None  # a server or a database: it answers for itself
+    return None if Path(path).is_dir() else path
+
+
+def _read_client(uri: str | None):
+    from mlflow import MlflowClient
+
+    uri = resolve_uri(uri)
+    missing = missing_local_store(uri)
+    if missing:
+        raise StoreError(f"no MLflow store at {missing} (tracking URI {uri}); "
+                         "run from the folder of your sweeps or pass --tracking-uri")
+    return MlflowClient(tracking_uri=uri), uri
+
+
+def _first_line(err: BaseException) -> str:
+    text = getattr(err, "message", None) or str(err)
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+
+
+def find_sweep(uri: str | None, experiment: str, parent_id: str | None = None) -> RunRecord:
+    """The parent run `parent_id`, or the most recently started sweep parent of `experiment`."""
+    from mlflow.exceptions import MlflowException
+
+    client, uri = _read_client(uri)
+    try:
+        if parent_id:
+            try:
+                return _record(client.get_run(parent_id))
+            except MlflowException as err:
+                raise StoreError(f"no run {parent_id!r} in {uri} ({_first_line(err)})") from None
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = sorted(e.name for e in client.search_experiments())
+            raise StoreError(f"no experiment {experiment!r} in {uri}; "
+                             f"experiments there: {', '.join(names) or 'none'}")
+        runs = client.search_runs([exp.experiment_id], filter_string="tags.`kdexp.role` = 'sweep'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+    except MlflowException as err:
+        raise StoreError(f"cannot read {uri}: {_first_line(err)}") from None
+    if not runs:
+        raise StoreError(f"no sweep in experiment {experiment!r} ({uri}); "
+                         "run one with `kdexp -m key=a,b ...` or pass --parent RUN_ID")
+    return _record(runs[0])
+
+
+def sweep_children(uri: str | None, parent: RunRecord) -> list[RunRecord]:
+    """The nested runs of `parent` (deleted runs left out), oldest first."""
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
+
+    client, uri = _read_client(uri)
+    children, token = [], None
+    try:
+        while True:
+            page = client.search_runs([parent.experiment_id],
+                                      filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
+                                      run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
+                                      order_by=["attributes.start_time ASC"], page_token=token)
+            children += [_record(run) for run in page]
+            token = page.token
+            if not token:
+                return children
+    except MlflowException as err:
+        raise StoreError(f"cannot read the runs of {parent.run_id} in {uri}: {_first_line(err)}") from None
+
+
+def log_report_artifacts(uri: str | None, run_id: str, files: list[Path], artifact_path: str = "report") -> str:
+    """Log `files` under `artifact_path` of run `run_id`; returns the artifact URI of that folder."""
+    client, _ = _read_client(uri)
+    for file in files:
+        client.log_artifact(run_id, str(file), artifact_path)
+    return f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+
+
+def ui_hint(uri: str | None, experiment_id: str, run_id: str) -> str:
+    """Where to look at a run: its page on a server, or the `mlflow ui` command for a local store."""
+    uri = resolve_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"mlflow ui --backend-store-uri {uri}   (then open experiment {experiment_id}, run {run_id})"

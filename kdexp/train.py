@@ -21,6 +21,9 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Te
 PredictFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
+_GPU_CHECK_EVERY = 50
+
+
 class NonFiniteLoss(RuntimeError):
     """Training produced NaN/inf; the message names the phase, epoch and step."""
 
@@ -59,6 +62,18 @@ def make_optimizer(params, cfg) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int):
+    """The learning-rate schedule named by `optim.scheduler`, stepped once per epoch; None = constant.
+    multistep: lr *= gamma after each epoch in `milestones` (the CIFAR recipe: 150, 180, 210);
+    cosine: from lr down to `min_lr` over the phase's epochs."""
+    kind = cfg.get("scheduler", "none")
+    if kind == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.gamma)
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=cfg.min_lr)
+    return None
+
+
 @torch.no_grad()
 def evaluate(predict: PredictFn, models: dict[str, nn.Module], split, batch_size: int) -> dict[str, float]:
     """Accuracy (in %) of every model `predict` returns, in eval mode; restores train mode."""
@@ -87,39 +102,51 @@ class Loop:
     def _augmenter(self, phase: Phase, generator: torch.Generator):
         if not phase.augment:
             return None
-        return lambda x: data_mod.random_shift(x, self.data_cfg.max_shift, generator)
+        return data_mod.make_augmenter(self.data_cfg, generator)
 
-    def fit(self, phase: Phase) -> History:
+    def fit(self, phase: Phase, resume: dict | None = None,
+            save: Callable[[dict], None] | None = None) -> History:
+        """Train `phase`; `resume` is a state `save` wrote at the end of an earlier epoch."""
         params = [p for m in phase.models.values() for p in m.parameters()]
         optimizer = make_optimizer(params, self.optim_cfg)
+        scheduler = make_scheduler(optimizer, self.optim_cfg, phase.epochs)
         generator = torch.Generator(device="cpu").manual_seed(phase.seed)
+        history, first_epoch = History(), 1
+        if resume is not None:
+            for name, model in phase.models.items():
+                model.load_state_dict(resume["models"][name])
+            optimizer.load_state_dict(resume["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(resume["scheduler"])
+            generator.set_state(resume["generator"])
+            history.metrics = {k: list(v) for k, v in resume["history"].items()}
+            first_epoch = resume["epoch"] + 1
         augment = self._augmenter(phase, generator)
         train = self.dataset.train
         steps = math.ceil(len(train) / self.data_cfg.batch_size)
-        history = History()
         for m in phase.models.values():
             m.train()
-        with self.progress.phase(phase.name, phase.epochs * steps) as bar:
-            for epoch in range(1, phase.epochs + 1):
+        with self.progress.phase(phase.name, phase.epochs * steps, (first_epoch - 1) * steps) as bar:
+            for epoch in range(first_epoch, phase.epochs + 1):
+                # Dropout and other global-RNG users draw from a per-epoch seed, so a resumed
+                # run repeats exactly what an uninterrupted one does.
+                torch.manual_seed(phase.seed * 10_007 + epoch)
                 sums: dict[str, torch.Tensor] = {}
                 for step, (x, y, idx) in enumerate(
                     data_mod.batches(train, self.data_cfg.batch_size, generator, augment), start=1
                 ):
                     terms = phase.loss(x, y, idx)
+                    self._check_finite(terms["loss"], phase, epoch, step)
                     optimizer.zero_grad(set_to_none=True)
                     terms["loss"].backward()
                     optimizer.step()
                     for key, value in terms.items():
                         sums[key] = sums.get(key, 0) + value.detach() * len(y)
                     bar.advance(epoch, step, terms["loss"])
-                means = {f"{phase.name}/{k}": float(v) / len(train) for k, v in sums.items()}
-                bad = [k for k, v in means.items() if not math.isfinite(v)]
-                if bad:
-                    raise NonFiniteLoss(
-                        f"non-finite {bad[0]} in phase {phase.name!r} at epoch {epoch} "
-                        f"(step {steps}); lower optim.lr or check the inputs"
-                    )
-                metrics = dict(means)
+                metrics = {f"{phase.name}/{k}": float(v) / len(train) for k, v in sums.items()}
+                if scheduler is not None:  # log the epoch's learning rate, then move to the next one
+                    metrics[f"{phase.name}/lr"] = optimizer.param_groups[0]["lr"]
+                    scheduler.step()
                 for split_name in ("test", "val"):
                     split = getattr(self.dataset, split_name)
                     if split is None:
@@ -127,6 +154,26 @@ class Loop:
                     accs = evaluate(phase.predict, phase.models, split, self.data_cfg.eval_batch_size)
                     metrics.update({f"{name}/{split_name}_acc": acc for name, acc in accs.items()})
                 history.add(metrics)
+                if save is not None:
+                    save({
+                        "epoch": epoch,
+                        "models": {name: m.state_dict() for name, m in phase.models.items()},
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "generator": generator.get_state(),
+                        "history": history.metrics,
+                    })
                 bar.epoch_done(epoch, metrics)
                 self.on_epoch(phase.name, epoch, metrics)
         return history
+
+    def _check_finite(self, loss: torch.Tensor, phase: Phase, epoch: int, step: int) -> None:
+        """Stop at the first non-finite loss. On CPU the check is free; on an accelerator it would
+        force a sync every step, so there it runs every `_GPU_CHECK_EVERY` steps."""
+        if loss.device.type != "cpu" and step % _GPU_CHECK_EVERY:
+            return
+        if not bool(torch.isfinite(loss)):
+            raise NonFiniteLoss(
+                f"non-finite loss ({float(loss)}) in phase {phase.name!r} at epoch {epoch}, step {step}; "
+                f"lower optim.lr or check the inputs"
+            )

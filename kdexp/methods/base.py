@@ -71,6 +71,23 @@ class Method:
             objective = "student_val_acc"
         return Outcome(metrics, rows, objective, deploy={"student": student})
 
+    def ensemble_accs(self, models: list[nn.Module], name: str = "ensemble", weights=None) -> dict[str, float]:
+        """`{name}_acc` (and `{name}_val_acc` with a validation split) of the ensemble that averages
+        the members' softmax probabilities (weighted by `weights` when given)."""
+        from kdexp.losses import ensemble_probs
+        from kdexp.train import evaluate
+
+        ctx = self.ctx
+        predict = lambda x: {name: ensemble_probs([m(x) for m in models], weights)}  # noqa: E731
+        members = {f"{name}{i}": m for i, m in enumerate(models)}
+        out = {}
+        for split_name, suffix in (("test", "acc"), ("val", "val_acc")):
+            split = getattr(ctx.dataset, split_name)
+            if split is not None:
+                acc = evaluate(predict, members, split, ctx.cfg.data.eval_batch_size)[name]
+                out[f"{name}_{suffix}"] = acc
+        return out
+
 
 REGISTRY: dict[str, type[Method]] = {}
 

@@ -1,0 +1,65 @@
+"""`loss=multi_teacher`: several frozen teachers (any architectures, any number) distilled into one
+student through an aggregate of their temperature-softened distributions (`losses.multi_teacher`)."""
+
+from __future__ import annotations
+
+from kdexp.losses import multi_teacher
+from kdexp.methods.base import Method, Outcome, register
+from kdexp.models import count_params
+from kdexp.train import Phase
+
+
+@register
+class MultiTeacher(Method):
+    name = "multi_teacher"
+
+    def run(self) -> Outcome:
+        ctx, cfg, loss_cfg = self.ctx, self.ctx.cfg, self.cfg
+        teachers, teacher_accs = [], []
+        for i, teacher_cfg in enumerate(loss_cfg.teachers):
+            teacher, hist = ctx.teacher(teacher_cfg, f"teacher{i}")
+            teachers.append(teacher)
+            teacher_accs.append(hist.last(f"teacher{i}/test_acc"))
+        baseline_hist = ctx.baseline(cfg.student, "student") if cfg.trainer.baseline else None
+        student = ctx.build(cfg.student, "student")
+        logit_fns = [ctx.frozen_logits(t) for t in teachers]
+        T, alpha, aggregate = loss_cfg.temperature, loss_cfg.alpha, loss_cfg.aggregate
+        weights = list(loss_cfg.weights) if aggregate == "weighted" else None
+        phase = Phase(
+            name="student",
+            models={"student": student},
+            loss=lambda x, y, idx: multi_teacher(student(x), [f(x, idx) for f in logit_fns], y, T, alpha,
+                                                 aggregate, weights),
+            predict=lambda x: {"student": student(x)},
+            epochs=cfg.trainer.epochs,
+            seed=ctx.seed("student"),
+            augment=ctx.augment_students,
+        )
+        hist = ctx.train(phase)
+
+        student_acc = hist.last("student/test_acc")
+        sp = count_params(student)
+        metrics: dict[str, float] = {"student_acc": student_acc, "student_params": sp}
+        rows = []
+        for i, (teacher_cfg, teacher, acc) in enumerate(zip(loss_cfg.teachers, teachers, teacher_accs)):
+            tp = count_params(teacher)
+            metrics.update({f"teacher{i}_acc": acc, f"teacher{i}_params": tp})
+            rows.append((f"teacher{i} {ctx.describe(teacher_cfg)} accuracy", f"{acc:.2f} %  ({tp:,} params)"))
+        # The teachers' ensemble at T = 1: mean of probabilities (fixed weights for `weighted`; the
+        # per-sample `confidence` weights need the labels, so that ensemble is the plain mean).
+        metrics.update(self.ensemble_accs(teachers, "ensemble", weights))
+        rows.append((f"ensemble of the {len(teachers)} teachers", f"{metrics['ensemble_acc']:.2f} %"))
+        if baseline_hist is not None:
+            base = baseline_hist.last("baseline/test_acc")
+            metrics.update(baseline_acc=base, kd_gain=student_acc - base)
+            rows.append(("baseline (student alone) accuracy", f"{base:.2f} %"))
+        rows.append((f"student {ctx.describe(cfg.student)} accuracy ({aggregate} of {len(teachers)} teachers)",
+                     f"{student_acc:.2f} %  ({sp:,} params)"))
+        if baseline_hist is not None:
+            rows.append(("KD gain", f"{metrics['kd_gain']:+.2f} points"))
+        objective = "student_acc"
+        val = ctx.val_acc(hist, "student")
+        if val is not None:
+            metrics["student_val_acc"] = val
+            objective = "student_val_acc"
+        return Outcome(metrics, rows, objective, deploy={"student": student})

@@ -1,0 +1,66 @@
+"""`loss=online`: peers trained together from scratch in one phase, each distilling from the others
+(mode=dml, Deep Mutual Learning) or from the peers' mean logits (mode=ensemble, ONE/KDCL-style);
+see `losses.mutual`. Each peer's baseline is the same model trained alone from the same init."""
+
+from __future__ import annotations
+
+from kdexp.losses import mutual
+from kdexp.methods.base import Method, Outcome, register
+from kdexp.models import count_params
+from kdexp.train import Phase
+
+
+@register
+class Online(Method):
+    name = "online"
+
+    def run(self) -> Outcome:
+        ctx, cfg, loss_cfg = self.ctx, self.ctx.cfg, self.cfg
+        roles = [f"peer{i}" for i in range(len(loss_cfg.peers))]
+        baselines = {}
+        if cfg.trainer.baseline:
+            for role, peer_cfg in zip(roles, loss_cfg.peers):
+                baselines[role] = ctx.baseline(peer_cfg, role, f"{role}_baseline").last(f"{role}_baseline/test_acc")
+        peers = {role: ctx.build(peer_cfg, role) for role, peer_cfg in zip(roles, loss_cfg.peers)}
+        T, alpha, mode = loss_cfg.temperature, loss_cfg.alpha, loss_cfg.mode
+        phase = Phase(
+            name="online",
+            models=peers,
+            loss=lambda x, y, idx: mutual([m(x) for m in peers.values()], y, T, alpha, mode),
+            predict=lambda x: {role: m(x) for role, m in peers.items()},
+            epochs=cfg.trainer.epochs,
+            seed=ctx.seed(roles[0]),  # peer0 sees the batch order of its baseline
+            augment=ctx.augment_students,
+        )
+        hist = ctx.train(phase)
+
+        metrics: dict[str, float] = {}
+        rows = []
+        accs, gains, vals = [], [], []
+        for role, peer_cfg in zip(roles, loss_cfg.peers):
+            acc, params = hist.last(f"{role}/test_acc"), count_params(peers[role])
+            accs.append(acc)
+            metrics.update({f"{role}_acc": acc, f"{role}_params": params})
+            val = ctx.val_acc(hist, role)
+            if val is not None:
+                metrics[f"{role}_val_acc"] = val
+                vals.append(val)
+            text = f"{acc:.2f} %"
+            if role in baselines:
+                base = baselines[role]
+                gains.append(acc - base)
+                metrics.update({f"{role}_baseline_acc": base, f"{role}_kd_gain": acc - base})
+                text += f"  (alone {base:.2f} %, {acc - base:+.2f})"
+            rows.append((f"{role} {ctx.describe(peer_cfg)} ({params:,} params)", text))
+        metrics.update(self.ensemble_accs(list(peers.values()), "ensemble"))
+        rows.append((f"ensemble of the {len(peers)} peers", f"{metrics['ensemble_acc']:.2f} %"))
+        metrics["mean_acc"] = sum(accs) / len(accs)
+        objective = "mean_acc"
+        if gains:
+            metrics["baseline_mean_acc"] = sum(baselines.values()) / len(baselines)
+            metrics["kd_gain"] = sum(gains) / len(gains)
+            rows.append((f"KD gain ({mode}, mean over peers)", f"{metrics['kd_gain']:+.2f} points"))
+        if vals:
+            metrics["mean_val_acc"] = sum(vals) / len(vals)
+            objective = "mean_val_acc"
+        return Outcome(metrics, rows, objective, deploy=dict(peers))

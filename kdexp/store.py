@@ -1,0 +1,83 @@
+"""Content-addressed store of trained models (teachers, student-alone baselines).
+
+A model is keyed by everything that determines its trained weights: its config, the data config
+(augmentation included), the optimiser, the epochs, the seed its init and batch order come from,
+and `ROUTINE_VERSION`, bumped whenever the training routine changes its numerics. Entries are
+MLflow runs in a store experiment (`<tracking.experiment>-store`) holding `model.pt` (a state dict)
+and `history.json`, found by the tag `kdexp.store_key`: so the store works the same on a local
+sqlite store and on a remote tracking server. A file lock per key makes parallel jobs of a sweep
+train each model once: the first trains, the others wait and load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+from omegaconf import OmegaConf
+
+# Bump when training code changes what a given config produces (loss, init, batching, RNG use).
+ROUTINE_VERSION = 1
+
+# Data keys that do not change what is learned.
+_DATA_KEYS_IGNORED = ("root", "download", "eval_batch_size")
+
+
+def key_for(model_cfg, data_cfg, optim_cfg, epochs: int, augment: bool, seed: int) -> tuple[str, dict]:
+    """(hex key, the payload it hashes) for a model trained on labels alone."""
+    data = {k: v for k, v in OmegaConf.to_container(data_cfg, resolve=True).items() if k not in _DATA_KEYS_IGNORED}
+    payload = {
+        "model": OmegaConf.to_container(model_cfg, resolve=True),
+        "data": data,
+        "optim": OmegaConf.to_container(optim_cfg, resolve=True),
+        "epochs": int(epochs),
+        "augment": bool(augment),
+        "seed": int(seed),
+        "routine": ROUTINE_VERSION,
+    }
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return digest[:24], payload
+
+
+@contextlib.contextmanager
+def key_lock(lock_dir: str | Path, key: str) -> Iterator[None]:
+    """Exclusive lock on one key across processes (blocking)."""
+    folder = Path(lock_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{key}.lock", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+class ModelStore:
+    """`get_or_train(key, ...)`: the stored model on a hit, else train it, store it, return it."""
+
+    def __init__(self, cfg, tracking_cfg):
+        self.reuse = bool(cfg.reuse)
+        self.lock_dir = cfg.lock_dir
+        self.experiment = f"{tracking_cfg.experiment}-store"
+
+    def get_or_train(self, key: str, payload: dict, label: str,
+                     load_into: Callable[[dict], None],
+                     train: Callable[[], tuple[dict, dict]]) -> tuple[str, str, dict]:
+        """Returns (source, store run id, history). `train()` returns (state_dict, history);
+        `load_into(state_dict)` loads a stored one. source is 'store' on a hit, 'trained' otherwise."""
+        from kdexp import tracking
+
+        with key_lock(self.lock_dir, key):
+            if self.reuse:
+                found = tracking.find_stored(self.experiment, key)
+                if found is not None:
+                    run_id, state, history = found
+                    load_into(state)
+                    return "store", run_id, history
+            state, history = train()
+            run_id = tracking.save_stored(self.experiment, key, payload, label, state, history)
+            return "trained", run_id, history

@@ -1,0 +1,51 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdexp.losses import hinton, kd_kl
+
+
+def test_kd_kl_matches_hand_computation_with_t_squared_scaling():
+    s = torch.tensor([[1.0, 2.0, 0.0]])
+    t = torch.tensor([[0.5, 0.0, 3.0]])
+    T = 2.0
+    p = [math.exp(v / T) for v in t[0].tolist()]
+    p = [v / sum(p) for v in p]
+    q = [math.exp(v / T) for v in s[0].tolist()]
+    q = [v / sum(q) for v in q]
+    hand = sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q)) * T * T
+    assert kd_kl(s, t, T).item() == pytest.approx(hand, rel=1e-6)
+
+
+def test_kd_kl_is_batch_mean():
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    per_row = torch.stack([kd_kl(s[i:i + 1], t[i:i + 1], 3.0) for i in range(4)])
+    assert kd_kl(s, t, 3.0).item() == pytest.approx(per_row.mean().item(), rel=1e-5)
+
+
+def test_kd_kl_zero_when_student_equals_teacher():
+    z = torch.randn(3, 10)
+    assert kd_kl(z, z, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_hinton_weights_ce_by_alpha_and_kd_by_one_minus_alpha(alpha):
+    s, t, y = torch.randn(6, 10), torch.randn(6, 10), torch.randint(0, 10, (6,))
+    terms = hinton(s, t, y, 3.0, alpha)
+    ce, kd = F.cross_entropy(s, y), kd_kl(s, t, 3.0)
+    assert terms["ce"].item() == pytest.approx(ce.item())
+    assert terms["kd"].item() == pytest.approx(kd.item())
+    assert terms["loss"].item() == pytest.approx((alpha * ce + (1 - alpha) * kd).item(), rel=1e-6)
+    if alpha == 1.0:
+        assert terms["loss"].item() == pytest.approx(ce.item())
+    if alpha == 0.0:
+        assert terms["loss"].item() == pytest.approx(kd.item())
+
+
+def test_teacher_gets_no_gradient_through_hinton():
+    s = torch.randn(4, 10, requires_grad=True)
+    t = torch.randn(4, 10, requires_grad=True)
+    hinton(s, t.detach(), torch.randint(0, 10, (4,)), 3.0, 0.5)["loss"].backward()
+    assert s.grad is not None and t.grad is None

@@ -1,0 +1,228 @@
+"""kdexp-report on MLflow stores the tests build: a 2 × 2 temperature × alpha sweep with a failed job,
+a temperature sweep over two seeds, and the one-line errors when there is nothing to report."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kdexp import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_sweep(uri: str, name: str, sweep_overrides: str, jobs: list[dict], sweep_dir: Path | None = None,
+               experiment: str = "kdexp", start: int | None = None) -> tuple[str, list[str]]:
+    """A parent run tagged as a sweep and one nested child per job, as `kdexp -m` leaves them.
+    Each job: {"overrides": {key: value}, "metrics": {...}, "status": "FINISHED"|"FAILED"}."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    start = start or int(time.time() * 1000)
+    tags = {"kdexp.role": "sweep", "kdexp.sweep_overrides": sweep_overrides}
+    if sweep_dir is not None:
+        tags["kdexp.sweep_dir"] = str(sweep_dir)
+    parent = client.create_run(exp_id, run_name=name, start_time=start, tags=tags).info.run_id
+    children = []
+    for i, job in enumerate(jobs):
+        overrides = " ".join(f"{k}={v}" for k, v in job["overrides"].items())
+        child = client.create_run(exp_id, run_name=overrides, start_time=start + 1 + i,
+                                  tags={"mlflow.parentRunId": parent, "kdexp.role": "job",
+                                        "overrides": overrides}).info.run_id
+        # params are the resolved config: floats print as floats ("4.0" for the override "4")
+        params = {"seed": "0", "data.name": "mnist5k", "trainer.epochs": "2", "loss.temperature": "4.0",
+                  "loss.alpha": "0.5"}
+        params.update({k: str(float(v)) if k.startswith("loss.") else str(v) for k, v in job["overrides"].items()})
+        now = int(time.time() * 1000)
+        client.log_batch(child, metrics=[Metric("student/test_acc", 90.0, now, 1)]
+                         + [Metric(k, v, now, 0) for k, v in job.get("metrics", {}).items()],
+                         params=[Param(k, v) for k, v in params.items()])
+        client.set_terminated(child, job.get("status", "FINISHED"))
+        children.append(child)
+    client.set_terminated(parent, "FINISHED")
+    return parent, children
+
+
+def job(overrides: dict, student: float | None, baseline: float = 94.0, status: str = "FINISHED",
+        wall: float = 12.0) -> dict:
+    metrics = {} if student is None else {"student_acc": student, "baseline_acc": baseline,
+                                          "kd_gain": student - baseline, "teacher_acc": 97.5,
+                                          "wall_time_s": wall}
+    return {"overrides": overrides, "metrics": metrics, "status": status}
+
+
+GRID = [  # temperature × alpha; (T=4, α=0.5) failed
+    job({"trainer.epochs": 2, "loss.temperature": 1, "loss.alpha": 0.1}, 94.6, wall=11.0),
+    job({"trainer.epochs": 2, "loss.temperature": 1, "loss.alpha": 0.5}, 94.2, wall=10.5),
+    job({"trainer.epochs": 2, "loss.temperature": 4, "loss.alpha": 0.1}, 95.3, wall=12.5),
+    job({"trainer.epochs": 2, "loss.temperature": 4, "loss.alpha": 0.5}, None, status="FAILED"),
+]
+
+SEEDS = [  # temperature × seed
+    job({"loss.temperature": 1, "seed": 0}, 95.0, baseline=94.0),
+    job({"loss.temperature": 1, "seed": 1}, 95.4, baseline=94.2),
+    job({"loss.temperature": 4, "seed": 0}, 96.0, baseline=94.0),
+    job({"loss.temperature": 4, "seed": 1}, 96.2, baseline=94.2),
+]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def artifacts(uri: str, run_id: str, path: str = "report") -> set[str]:
+    from mlflow import MlflowClient
+
+    return {Path(a.path).name for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id, path)}
+
+
+def test_grid_sweep_report(store, tmp_path, capsys):
+    # an older sweep and a run outside any sweep: the report picks the latest sweep
+    make_sweep(store, "old sweep", "loss.alpha=0.1,0.9", [job({"loss.alpha": 0.1}, 90.0),
+                                                          job({"loss.alpha": 0.9}, 91.0)],
+               start=int(time.time() * 1000) - 60_000)
+    sweep_dir = tmp_path / "outputs" / "sweep"
+    sweep_dir.mkdir(parents=True)
+    parent, children = make_sweep(store, "T×α", "trainer.epochs=2 loss.temperature=1,4 loss.alpha=0.1,0.5",
+                                  GRID, sweep_dir)
+
+    assert report.main([]) == 0
+    out = capsys.readouterr().out
+    folder = sweep_dir / "report"
+    assert {p.name for p in folder.iterdir()} == {"report.csv", "report.md", "student_acc.png", "kd_gain.png"}
+    for png in ("student_acc.png", "kd_gain.png"):
+        assert (folder / png).read_bytes()[:8] == PNG_MAGIC
+
+    rows = read_csv(folder / "report.csv")
+    # swept keys only (trainer.epochs is the same everywhere), ranked by student accuracy, failed last
+    assert list(rows[0])[:4] == ["rank", "loss.temperature", "loss.alpha", "status"]
+    assert [(r["rank"], r["loss.temperature"], r["loss.alpha"], r["status"]) for r in rows] == [
+        ("1", "4", "0.1", "FINISHED"), ("2", "1", "0.1", "FINISHED"), ("3", "1", "0.5", "FINISHED"),
+        ("", "4", "0.5", "FAILED")]
+    assert float(rows[0]["student_acc"]) == 95.3
+    assert float(rows[0]["kd_gain"]) == pytest.approx(1.3)
+    assert float(rows[0]["teacher_acc"]) == 97.5
+    assert rows[3]["student_acc"] == "" and rows[3]["run_ids"] == children[3]
+
+    md = (folder / "report.md").read_text().splitlines()
+    table = [line for line in md if line.startswith("|")]
+    assert table[0] == ("| rank | loss.temperature | loss.alpha | student acc % | baseline % | KD gain | wall s "
+                        "| status | run |")
+    assert table[2].startswith("| 1 | 4 | 0.1 | 95.30 | 94.00 | +1.30 | 12.5 | FINISHED |")
+    assert table[-1].startswith("| – | 4 | 0.5 | – | – | – | – | FAILED |")
+    assert parent in md[2]
+
+    # the terminal table: same order, and where the files went
+    assert out.index("95.30") < out.index("94.60") < out.index("94.20") < out.index("FAILED")
+    assert "ranked by student acc" in out and f"parent run {parent}" in out
+
+    assert artifacts(store, parent) == {"report.csv", "report.md", "student_acc.png", "kd_gain.png"}
+
+
+def test_seeds_are_averaged(store, tmp_path, capsys):
+    parent, _ = make_sweep(store, "T × seed", "loss.temperature=1,4 seed=0,1", SEEDS)
+    rep, folder, files = report.make_report(out=tmp_path / "rep", show_table=True)
+    out = capsys.readouterr().out
+
+    assert rep.axes == ["loss.temperature"] and rep.by_seed
+    assert [e.values for e in rep.ranked] == [{"loss.temperature": 4.0}, {"loss.temperature": 1.0}]
+    assert [f.name for f in files] == ["report.csv", "report.md", "student_acc.png", "kd_gain.png"]
+    assert "96.10 ± 0.14" in out and "95.20 ± 0.28" in out and "mean ± std over seeds" in out
+
+    rows = read_csv(folder / "report.csv")
+    assert [(r["rank"], r["loss.temperature"], r["n_seeds"], r["seed"]) for r in rows] == [
+        ("1", "4", "2", "0 1"), ("2", "1", "2", "0 1")]
+    assert float(rows[1]["student_acc"]) == pytest.approx(95.2)
+    assert float(rows[1]["student_acc_std"]) == pytest.approx(0.2828, abs=1e-4)  # sample std (n - 1)
+    assert float(rows[1]["kd_gain"]) == pytest.approx(1.1)
+    md = (folder / "report.md").read_text()
+    assert "| 2 | 1 | 2 | 95.20 ± 0.28 | 94.10 ± 0.14 | +1.10 ± 0.14 |" in md
+    assert artifacts(store, parent) == {f.name for f in files}
+
+
+def test_failed_seed_listed_not_averaged(store, tmp_path):
+    jobs = SEEDS[:3] + [job({"loss.temperature": 4, "seed": 1}, None, status="FAILED")]
+    make_sweep(store, "T × seed", "loss.temperature=1,4 seed=0,1", jobs)
+    rep, folder, _ = report.make_report(out=tmp_path / "rep", log=False, show_table=False)
+    assert [(e.rank, e.status, len(e.runs)) for e in rep.entries] == [(1, "FINISHED", 1), (2, "FINISHED", 2),
+                                                                       (None, "FAILED", 1)]
+    md = (folder / "report.md").read_text()
+    assert "| 1 | 4 | 1 | 96.00 |" in md  # one seed: no ± part
+    assert "| – | 4 | seed 1 | – |" in md
+
+
+def test_parent_by_id_and_no_log(store, tmp_path):
+    first, _ = make_sweep(store, "first", "loss.temperature=1,4 loss.alpha=0.1,0.5", GRID,
+                          start=int(time.time() * 1000) - 60_000)
+    make_sweep(store, "second", "loss.temperature=1,4 seed=0,1", SEEDS)
+    assert report.main(["--parent", first, "--out", str(tmp_path / "r"), "--no-log"]) == 0
+    assert read_csv(tmp_path / "r" / "report.csv")[0]["loss.alpha"] == "0.1"
+    assert artifacts(store, first) == set()
+
+
+def test_default_folder_without_local_sweep_dir(store, tmp_path):
+    parent, _ = make_sweep(store, "remote", "loss.temperature=1,4 loss.alpha=0.1,0.5", GRID,
+                           sweep_dir=Path("/elsewhere/outputs/sweep"))
+    assert report.main([]) == 0
+    assert (tmp_path / "outputs" / f"report-{parent}" / "report.csv").is_file()
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    assert report.main(argv) == report.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("kdexp-report: error: ")
+    return err
+
+
+def test_missing_store_is_not_created(store, tmp_path, capsys):
+    assert "no MLflow store at" in one_line_error(capsys, [])
+    assert not (tmp_path / "mlflow.db").exists()
+    other = tmp_path / "elsewhere.db"
+    assert "elsewhere.db" in one_line_error(capsys, ["--tracking-uri", f"sqlite:///{other}"])
+    assert not other.exists()
+
+
+def test_nothing_to_report(store, capsys):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    exp_id = client.create_experiment("kdexp")
+    lone = client.create_run(exp_id, run_name="single run").info.run_id
+    assert "no sweep in experiment 'kdexp'" in one_line_error(capsys, [])
+    assert "no experiment 'other'" in one_line_error(capsys, ["--experiment", "other"])
+    assert "no run 'deadbeef'" in one_line_error(capsys, ["--parent", "deadbeef"])
+    assert "has no child runs" in one_line_error(capsys, ["--parent", lone])
+
+
+def test_swept_keys_from_overrides():
+    assert report.parse_overrides("loss.temperature=2 +trainer.x=1 ~a.b=3 model@student=cnn") == {
+        "loss.temperature": "2", "trainer.x": "1", "a.b": "3", "model@student": "cnn"}
+    assert report.parse_overrides("(none)") == {}
+    assert report.canonical("2") == report.canonical("2.0") == 2.0
+    assert report.show(report.canonical("0.10")) == "0.1" and report.canonical("cnn") == "cnn"
+
+
+@pytest.mark.slow
+def test_console_entry_in_subprocess(store, tmp_path):
+    make_sweep(store, "T×α", "loss.temperature=1,4 loss.alpha=0.1,0.5", GRID)
+    env = {**os.environ, "COLUMNS": "160"}
+    done = subprocess.run([sys.executable, "-m", "kdexp.report", "--out", "rep"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "95.30" in done.stdout and (tmp_path / "rep" / "student_acc.png").is_file()
+    missing = subprocess.run([sys.executable, "-m", "kdexp.report", "--tracking-uri", "sqlite:///none.db"],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [missing.stderr.strip()]
+    assert "no MLflow store at none.db" in missing.stderr
+    assert not (tmp_path / "none.db").exists()
