@@ -92,6 +92,36 @@ def sweep_line(x: list, series: list[tuple[str, list[float], list[float] | None,
     return fig
 
 
+def scatter_map(x: list[float], y: list[float], values: list[float], x_key: str, y_key: str, title: str,
+                fmt: str = "{:.2f}", diverging: bool = False, unit: str = "") -> "plt.Figure":
+    """Settings scattered over two numeric keys (an irregular search, where a grid would be mostly
+    empty), coloured and annotated by value; the best is ringed."""
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    v = np.asarray(values, dtype=float)
+    finite = v[np.isfinite(v)]
+    norm = None
+    if diverging and finite.size:
+        bound = max(float(np.abs(finite).max()), 1e-9)
+        norm = TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    points = ax.scatter(x, y, c=v, cmap="RdBu" if diverging else "viridis", norm=norm, s=70,
+                        edgecolors="black", linewidths=0.5, plotnonfinite=True)
+    fig.colorbar(points, ax=ax, label=unit)
+    for xi, yi, value in zip(x, y, v):
+        if np.isfinite(value):
+            ax.annotate(fmt.format(value), (xi, yi), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    if finite.size:
+        best = int(np.nanargmax(v))
+        ax.scatter([x[best]], [y[best]], s=260, facecolors="none", edgecolors="red", linewidths=2)
+    ax.set(xlabel=x_key, ylabel=y_key, title=title)
+    ax.margins(0.12)  # room for the labels of points at the edges
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path) -> None:
     """Write `fig` as a PNG and release it."""
     fig.savefig(path, dpi=120)

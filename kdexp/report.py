@@ -77,6 +77,7 @@ class Report:
     acc: str                      # the student accuracy metric
     rank_by: Metric
     entries: list[Entry]          # ranked first, then the rest (failed, running, no result)
+    superseded: int = 0           # older runs of a job run again in the same sweep, left out
 
     @property
     def ranked(self) -> list[Entry]:
@@ -148,10 +149,26 @@ def _first_present(children: list, *keys: str) -> str | None:
 # --- building the table ---
 
 
+def latest_per_job(children: list) -> list:
+    """One run per job (same overrides): the latest FINISHED one, else the latest. A job run again
+    in the same sweep (a forced rerun) leaves an older run that the table should not count twice."""
+    chosen: dict[str, object] = {}
+    for c in sorted(children, key=lambda c: c.start_time):
+        overrides = c.tags.get("overrides")
+        key = overrides if overrides and overrides != "(none)" else c.run_id
+        if key not in chosen or c.status == FINISHED or chosen[key].status != FINISHED:
+            chosen[key] = c
+    keep = {c.run_id for c in chosen.values()}
+    return [c for c in children if c.run_id in keep]
+
+
 def build(parent, children: list) -> Report:
     if not children:
         raise ReportError(f"run {parent.run_id} ({parent.name or 'unnamed'}) has no child runs; "
                           "is it the parent run of a sweep?")
+    superseded = len(children)
+    children = latest_per_job(children)
+    superseded -= len(children)
     swept = swept_keys(parent, children)
     by_seed = "seed" in swept
     axes = [k for k in swept if k != "seed"]
@@ -165,8 +182,15 @@ def build(parent, children: list) -> Report:
     metrics += [Metric("baseline_acc", "baseline %", "{:.2f}"), Metric("kd_gain", "KD gain", "{:+.2f}"),
                 Metric("wall_time_s", "wall s", "{:.1f}")]
     finished = [c for c in children if c.status == FINISHED]
-    # With a validation split the jobs are ranked on it: choosing on test accuracy would flatter the best.
-    rank_by = metrics[1] if val and all(val in c.metrics for c in finished) else metrics[0]
+    # Ranked on the jobs' own objective (tag `kdexp.objective`: validation accuracy when there is a
+    # validation split, so the choice is not made on the test set), else on validation, else test.
+    objectives = {c.tags.get("kdexp.objective") for c in finished}
+    objective = objectives.pop() if len(objectives) == 1 else None
+    if objective and objective not in {m.key for m in metrics}:
+        metrics.insert(1, Metric(objective, objective, "{:.2f}"))
+    rank_by = next((m for m in metrics if m.key == objective), None)
+    if rank_by is None:
+        rank_by = metrics[1] if val and all(val in c.metrics for c in finished) else metrics[0]
 
     entries: list[Entry] = []
     if by_seed:
@@ -186,7 +210,7 @@ def build(parent, children: list) -> Report:
     for rank, entry in enumerate(scored, 1):
         entry.rank = rank
     rest = [e for e in entries if e.rank is None]
-    return Report(parent, axes, by_seed, metrics, acc, rank_by, scored + rest)
+    return Report(parent, axes, by_seed, metrics, acc, rank_by, scored + rest, superseded)
 
 
 def cell(entry: Entry, metric: Metric) -> str:
@@ -225,7 +249,9 @@ def title(report: Report) -> str:
     p = report.parent
     n = sum(len(e.runs) for e in report.entries)
     seeds = ", mean ± std over seeds" if report.by_seed else ""
-    return f"sweep {p.name or p.run_id} · {n} jobs · ranked by {report.rank_by.header.removesuffix(' %')}{seeds}"
+    name = p.name or p.run_id
+    name = name if name.startswith("sweep") else f"sweep {name}"
+    return f"{name} · {n} jobs · ranked by {report.rank_by.header.removesuffix(' %')}{seeds}"
 
 
 # --- outputs ---
@@ -268,14 +294,42 @@ def write_markdown(report: Report, path: Path) -> None:
 
 
 def _grid(report: Report, key: str):
-    rows_v = sorted({e.values.get(report.axes[0]) for e in report.ranked}, key=_sort_key)
-    cols_v = sorted({e.values.get(report.axes[1]) for e in report.ranked}, key=_sort_key)
+    """The values of `key` over (first swept key × second); settings without a result are NaN."""
+    rows_v = sorted({e.values.get(report.axes[0]) for e in report.entries}, key=_sort_key)
+    cols_v = sorted({e.values.get(report.axes[1]) for e in report.entries}, key=_sort_key)
     grid = [[math.nan] * len(cols_v) for _ in rows_v]
     for e in report.ranked:
         mean = e.mean(key)
         if mean is not None:
             grid[rows_v.index(e.values.get(report.axes[0]))][cols_v.index(e.values.get(report.axes[1]))] = mean
     return grid, [show(v) for v in rows_v], [show(v) for v in cols_v]
+
+
+def _irregular(report: Report) -> bool:
+    """Two swept keys whose settings fill under half of their grid (e.g. an Optuna search), both numeric."""
+    settings = {tuple(repr(e.values.get(k)) for k in report.axes) for e in report.entries}
+    sizes = [len({repr(e.values.get(k)) for e in report.entries}) for k in report.axes]
+    numeric = all(isinstance(e.values.get(k), float) for e in report.ranked for k in report.axes)
+    return numeric and len(settings) < 0.5 * sizes[0] * sizes[1]
+
+
+def _scatter_plots(report: Report, folder: Path, suffix: str, has_gain: bool) -> list[Path]:
+    from kdexp import plots
+
+    y_key, x_key = report.axes
+    x = [e.values[x_key] for e in report.ranked]
+    y = [e.values[y_key] for e in report.ranked]
+    written = []
+    for metric, png, label, fmt, diverging, unit in (
+            (report.acc, ACC_PNG, "student test accuracy", "{:.2f}", False, "%"),
+            ("kd_gain", GAIN_PNG, "KD gain over the student alone", "{:+.2f}", True, "points")):
+        if metric == "kd_gain" and not has_gain:
+            continue
+        values = [math.nan if e.mean(metric) is None else e.mean(metric) for e in report.ranked]
+        fig = plots.scatter_map(x, y, values, x_key, y_key, f"{label}{suffix}", fmt, diverging, unit)
+        plots.save(fig, folder / png)
+        written.append(folder / png)
+    return written
 
 
 def write_plots(report: Report, folder: Path) -> list[Path]:
@@ -288,6 +342,8 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
     suffix = f" (mean of {n_seeds} seeds)" if report.by_seed else ""
     has_gain = any(e.mean("kd_gain") is not None for e in report.ranked)
     written = []
+    if len(report.axes) == 2 and _irregular(report):
+        return _scatter_plots(report, folder, suffix, has_gain)
     if len(report.axes) == 2:
         row_key, col_key = report.axes
         grid, row_labels, col_labels = _grid(report, report.acc)
@@ -373,6 +429,9 @@ def make_report(tracking_uri: str | None = None, experiment: str = "kdexp", pare
     if show_table:
         print_table(report)
         unranked = len(report.entries) - len(report.ranked)
+        if report.superseded:
+            console.print(f"{report.superseded} older run(s) of jobs run again in this sweep left out",
+                          soft_wrap=True)
         if unranked:
             console.print(f"{unranked} row(s) not ranked (failed, running or without a result), listed last",
                           soft_wrap=True)

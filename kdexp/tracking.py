@@ -304,7 +304,7 @@ def _read_client(uri: str | None):
     uri = resolve_uri(uri)
     missing = missing_local_store(uri)
     if missing:
-        raise StoreError(f"no MLflow store at {missing} (tracking URI {uri}); "
+        raise StoreError(f"no MLflow store at {Path(missing).resolve()} (tracking URI {uri}); "
                          "run from the folder of your sweeps or pass --tracking-uri")
     return MlflowClient(tracking_uri=uri), uri
 

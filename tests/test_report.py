@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +16,23 @@ import pytest
 from kdexp import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def empty_store_file(tmp_path_factory) -> Path:
+    """An empty, migrated sqlite store made once: creating one runs MLflow's migrations (seconds)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def db(store, tmp_path, empty_store_file) -> str:
+    """The `store` fixture's URI, with a copy of the empty store in place."""
+    shutil.copy(empty_store_file, tmp_path / "mlflow.db")
+    return store
 
 
 def make_sweep(uri: str, name: str, sweep_overrides: str, jobs: list[dict], sweep_dir: Path | None = None,
@@ -37,7 +55,7 @@ def make_sweep(uri: str, name: str, sweep_overrides: str, jobs: list[dict], swee
         overrides = " ".join(f"{k}={v}" for k, v in job["overrides"].items())
         child = client.create_run(exp_id, run_name=overrides, start_time=start + 1 + i,
                                   tags={"mlflow.parentRunId": parent, "kdexp.role": "job",
-                                        "overrides": overrides}).info.run_id
+                                        "overrides": overrides, **job.get("tags", {})}).info.run_id
         # params are the resolved config: floats print as floats ("4.0" for the override "4")
         params = {"seed": "0", "data.name": "mnist5k", "trainer.epochs": "2", "loss.temperature": "4.0",
                   "loss.alpha": "0.5"}
@@ -53,11 +71,15 @@ def make_sweep(uri: str, name: str, sweep_overrides: str, jobs: list[dict], swee
 
 
 def job(overrides: dict, student: float | None, baseline: float = 94.0, status: str = "FINISHED",
-        wall: float = 12.0) -> dict:
+        wall: float = 12.0, val: float | None = None) -> dict:
     metrics = {} if student is None else {"student_acc": student, "baseline_acc": baseline,
                                           "kd_gain": student - baseline, "teacher_acc": 97.5,
                                           "wall_time_s": wall}
-    return {"overrides": overrides, "metrics": metrics, "status": status}
+    tags = {"kdexp.objective": "student_acc"} if student is not None else {}
+    if val is not None:
+        metrics["student_val_acc"] = val
+        tags["kdexp.objective"] = "student_val_acc"
+    return {"overrides": overrides, "metrics": metrics, "status": status, "tags": tags}
 
 
 GRID = [  # temperature × alpha; (T=4, α=0.5) failed
@@ -86,14 +108,14 @@ def artifacts(uri: str, run_id: str, path: str = "report") -> set[str]:
     return {Path(a.path).name for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id, path)}
 
 
-def test_grid_sweep_report(store, tmp_path, capsys):
+def test_grid_sweep_report(db, tmp_path, capsys):
     # an older sweep and a run outside any sweep: the report picks the latest sweep
-    make_sweep(store, "old sweep", "loss.alpha=0.1,0.9", [job({"loss.alpha": 0.1}, 90.0),
+    make_sweep(db, "old sweep", "loss.alpha=0.1,0.9", [job({"loss.alpha": 0.1}, 90.0),
                                                           job({"loss.alpha": 0.9}, 91.0)],
                start=int(time.time() * 1000) - 60_000)
     sweep_dir = tmp_path / "outputs" / "sweep"
     sweep_dir.mkdir(parents=True)
-    parent, children = make_sweep(store, "T×α", "trainer.epochs=2 loss.temperature=1,4 loss.alpha=0.1,0.5",
+    parent, children = make_sweep(db, "T×α", "trainer.epochs=2 loss.temperature=1,4 loss.alpha=0.1,0.5",
                                   GRID, sweep_dir)
 
     assert report.main([]) == 0
@@ -126,11 +148,11 @@ def test_grid_sweep_report(store, tmp_path, capsys):
     assert out.index("95.30") < out.index("94.60") < out.index("94.20") < out.index("FAILED")
     assert "ranked by student acc" in out and f"parent run {parent}" in out
 
-    assert artifacts(store, parent) == {"report.csv", "report.md", "student_acc.png", "kd_gain.png"}
+    assert artifacts(db, parent) == {"report.csv", "report.md", "student_acc.png", "kd_gain.png"}
 
 
-def test_seeds_are_averaged(store, tmp_path, capsys):
-    parent, _ = make_sweep(store, "T × seed", "loss.temperature=1,4 seed=0,1", SEEDS)
+def test_seeds_are_averaged(db, tmp_path, capsys):
+    parent, _ = make_sweep(db, "T × seed", "loss.temperature=1,4 seed=0,1", SEEDS)
     rep, folder, files = report.make_report(out=tmp_path / "rep", show_table=True)
     out = capsys.readouterr().out
 
@@ -147,12 +169,12 @@ def test_seeds_are_averaged(store, tmp_path, capsys):
     assert float(rows[1]["kd_gain"]) == pytest.approx(1.1)
     md = (folder / "report.md").read_text()
     assert "| 2 | 1 | 2 | 95.20 ± 0.28 | 94.10 ± 0.14 | +1.10 ± 0.14 |" in md
-    assert artifacts(store, parent) == {f.name for f in files}
+    assert artifacts(db, parent) == {f.name for f in files}
 
 
-def test_failed_seed_listed_not_averaged(store, tmp_path):
+def test_failed_seed_listed_not_averaged(db, tmp_path):
     jobs = SEEDS[:3] + [job({"loss.temperature": 4, "seed": 1}, None, status="FAILED")]
-    make_sweep(store, "T × seed", "loss.temperature=1,4 seed=0,1", jobs)
+    make_sweep(db, "T × seed", "loss.temperature=1,4 seed=0,1", jobs)
     rep, folder, _ = report.make_report(out=tmp_path / "rep", log=False, show_table=False)
     assert [(e.rank, e.status, len(e.runs)) for e in rep.entries] == [(1, "FINISHED", 1), (2, "FINISHED", 2),
                                                                        (None, "FAILED", 1)]
@@ -161,20 +183,54 @@ def test_failed_seed_listed_not_averaged(store, tmp_path):
     assert "| – | 4 | seed 1 | – |" in md
 
 
-def test_parent_by_id_and_no_log(store, tmp_path):
-    first, _ = make_sweep(store, "first", "loss.temperature=1,4 loss.alpha=0.1,0.5", GRID,
+def test_parent_by_id_and_no_log(db, tmp_path):
+    first, _ = make_sweep(db, "first", "loss.temperature=1,4 loss.alpha=0.1,0.5", GRID,
                           start=int(time.time() * 1000) - 60_000)
-    make_sweep(store, "second", "loss.temperature=1,4 seed=0,1", SEEDS)
+    make_sweep(db, "second", "loss.temperature=1,4 seed=0,1", SEEDS)
     assert report.main(["--parent", first, "--out", str(tmp_path / "r"), "--no-log"]) == 0
     assert read_csv(tmp_path / "r" / "report.csv")[0]["loss.alpha"] == "0.1"
-    assert artifacts(store, first) == set()
+    assert artifacts(db, first) == set()
 
 
-def test_default_folder_without_local_sweep_dir(store, tmp_path):
-    parent, _ = make_sweep(store, "remote", "loss.temperature=1,4 loss.alpha=0.1,0.5", GRID,
+def test_default_folder_without_local_sweep_dir(db, tmp_path):
+    parent, _ = make_sweep(db, "remote", "loss.temperature=1,4 loss.alpha=0.1,0.5", GRID,
                            sweep_dir=Path("/elsewhere/outputs/sweep"))
     assert report.main([]) == 0
     assert (tmp_path / "outputs" / f"report-{parent}" / "report.csv").is_file()
+
+
+def test_validation_objective_ranks_and_reruns_count_once(db, tmp_path):
+    jobs = [job({"loss.temperature": 1, "loss.alpha": 0.1}, 95.0, val=94.0),
+            job({"loss.temperature": 1, "loss.alpha": 0.5}, 94.0, val=95.0),
+            job({"loss.temperature": 4, "loss.alpha": 0.1}, None, status="FAILED"),
+            job({"loss.temperature": 4, "loss.alpha": 0.5}, 93.0, val=93.5),
+            job({"loss.temperature": 4, "loss.alpha": 0.1}, 96.0, val=93.8)]  # the failed job, run again
+    make_sweep(db, "val", "loss.temperature=1,4 loss.alpha=0.1,0.5", jobs)
+    rep, folder, _ = report.make_report(out=tmp_path / "rep", log=False, show_table=False)
+    assert rep.rank_by.key == "student_val_acc" and rep.superseded == 1
+    assert [(e.values["loss.temperature"], e.values["loss.alpha"]) for e in rep.entries] == [
+        (1.0, 0.5), (1.0, 0.1), (4.0, 0.1), (4.0, 0.5)]
+    assert [e.status for e in rep.entries] == ["FINISHED"] * 4
+    assert "| val acc % |" in (folder / "report.md").read_text()
+
+
+def test_heatmap_keeps_failed_settings_and_irregular_search_scatters(db, tmp_path):
+    jobs = [job({"loss.temperature": 1, "loss.alpha": 0.1}, 95.0), job({"loss.temperature": 1, "loss.alpha": 0.5}, 94.0),
+            job({"loss.temperature": 4, "loss.alpha": 0.1}, None, status="FAILED"),
+            job({"loss.temperature": 4, "loss.alpha": 0.5}, None, status="FAILED")]
+    parent, _ = make_sweep(db, "grid", "loss.temperature=1,4 loss.alpha=0.1,0.5", jobs)
+    rep, _, files = report.make_report(parent_id=parent, out=tmp_path / "grid", log=False, show_table=False)
+    grid, rows_, cols = report._grid(rep, "student_acc")
+    assert rows_ == ["1", "4"] and cols == ["0.1", "0.5"] and grid[0] == [95.0, 94.0]
+    assert all(v != v for v in grid[1])  # NaN: the failed row is still drawn
+    assert not report._irregular(rep)
+
+    trials = [job({"loss.temperature": t, "loss.alpha": a}, acc)  # an Optuna-like search
+              for t, a, acc in [(1.3, 0.21, 95.0), (2.7, 0.64, 95.5), (5.1, 0.12, 96.0), (7.9, 0.83, 94.5)]]
+    parent, _ = make_sweep(db, "search", "hparams_search=optuna_t_alpha", trials)
+    rep, _, files = report.make_report(parent_id=parent, out=tmp_path / "search", log=False, show_table=False)
+    assert report._irregular(rep) and [f.name for f in files][2:] == ["student_acc.png", "kd_gain.png"]
+    assert all(f.read_bytes()[:8] == PNG_MAGIC for f in files[2:])
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
@@ -192,10 +248,10 @@ def test_missing_store_is_not_created(store, tmp_path, capsys):
     assert not other.exists()
 
 
-def test_nothing_to_report(store, capsys):
+def test_nothing_to_report(db, capsys):
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=store)
+    client = MlflowClient(tracking_uri=db)
     exp_id = client.create_experiment("kdexp")
     lone = client.create_run(exp_id, run_name="single run").info.run_id
     assert "no sweep in experiment 'kdexp'" in one_line_error(capsys, [])
@@ -213,16 +269,18 @@ def test_swept_keys_from_overrides():
 
 
 @pytest.mark.slow
-def test_console_entry_in_subprocess(store, tmp_path):
-    make_sweep(store, "T×α", "loss.temperature=1,4 loss.alpha=0.1,0.5", GRID)
+def test_console_entry_in_subprocess(db, tmp_path):
+    make_sweep(db, "T×α", "loss.temperature=1,4 loss.alpha=0.1,0.5", GRID)
     env = {**os.environ, "COLUMNS": "160"}
     done = subprocess.run([sys.executable, "-m", "kdexp.report", "--out", "rep"], capture_output=True,
                           text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "95.30" in done.stdout and (tmp_path / "rep" / "student_acc.png").is_file()
-    missing = subprocess.run([sys.executable, "-m", "kdexp.report", "--tracking-uri", "sqlite:///none.db"],
+    script = Path(sys.executable).parent / "kdexp-report"  # the console script, once (re)installed
+    entry = [str(script)] if script.exists() else [sys.executable, "-m", "kdexp.report"]
+    missing = subprocess.run(entry + ["--tracking-uri", "sqlite:///none.db"],
                              capture_output=True, text=True, env=env, timeout=120)
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [missing.stderr.strip()]
-    assert "no MLflow store at none.db" in missing.stderr
+    assert f"no MLflow store at {(tmp_path / 'none.db').resolve()}" in missing.stderr
     assert not (tmp_path / "none.db").exists()

@@ -1,0 +1,119 @@
+"""Re-runs: finished work is skipped, interrupted work resumes, bad checkpoints are refused."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import FAST, compose_cfg
+from kdexp import experiment
+from kdexp.checkpoint import CheckpointError, Checkpoints, run_key
+
+
+def _runs():
+    return mlflow.search_runs(experiment_names=["kdexp"], output_format="list")
+
+
+def test_rerun_of_a_finished_config_is_skipped(store):
+    cfg = compose_cfg(["tracking.log_model=false"])
+    first = experiment.run(cfg, [])
+    assert experiment.run(cfg, []) == first
+    assert len(_runs()) == 1
+
+
+def test_force_runs_again(store):
+    cfg = compose_cfg(["tracking.log_model=false", "trainer.rerun=force"])
+    experiment.run(cfg, [])
+    experiment.run(cfg, [])
+    assert len(_runs()) == 2
+
+
+def test_run_key_ignores_presentation_settings_only():
+    base = run_key(compose_cfg())
+    assert run_key(compose_cfg(["trainer.progress=true", "trainer.threads=1"])) == base
+    assert run_key(compose_cfg(["loss.temperature=9"])) != base
+    assert run_key(compose_cfg(["seed=1"])) != base
+
+
+def test_tampered_checkpoint_is_refused_with_one_line(tmp_path):
+    ckpts = Checkpoints(tmp_path, "key", "run")
+    ckpts.save("student", {"epoch": 1})
+    assert ckpts.load("student") == {"epoch": 1}
+    ckpts.path("student").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError) as err:
+        ckpts.load("student")
+    assert str(ckpts.path("student")) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    """weights_only loading: a pickle that would run code is an error, not an execution."""
+    import torch
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    ckpts = Checkpoints(tmp_path, "key", "run")
+    ckpts.folder.mkdir(parents=True)
+    torch.save({"epoch": Evil()}, ckpts.path("student"))
+    with pytest.raises(CheckpointError):
+        ckpts.load("student")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_non_finite_loss_stops_with_phase_epoch_and_step(store):
+    from kdexp.train import NonFiniteLoss
+
+    # A learning rate this large sends the weights to inf within a couple of steps.
+    cfg = compose_cfg(["tracking.log_model=false", "optim.lr=1e30"])
+    with pytest.raises(NonFiniteLoss, match=r"in phase 'teacher' at epoch 1, step \d+;"):
+        experiment.run(cfg, [])
+    assert _runs()[0].info.status == "FAILED"
+
+
+def _cli(args, cwd):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
+    return subprocess.Popen([sys.executable, "-m", "kdexp", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _final_metrics(cwd):
+    mlflow.set_tracking_uri(f"sqlite:///{cwd}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["kdexp"], output_format="list")
+    return runs
+
+
+@pytest.mark.slow
+def test_kill_9_then_same_command_resumes_to_identical_metrics(tmp_path):
+    args = [*FAST, "data.limit_train=1000", "trainer.epochs=4", "tracking.log_model=false"]
+    reference_dir, crash_dir = tmp_path / "reference", tmp_path / "crash"
+    reference_dir.mkdir(), crash_dir.mkdir()
+    assert _cli(args, reference_dir).wait(timeout=300) == 0
+
+    victim = _cli(args, crash_dir)
+    deadline = time.time() + 300
+    while not list(crash_dir.glob("outputs/checkpoints/*/*/student.pt")):
+        assert victim.poll() is None, victim.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+
+    resumed = _cli(args, crash_dir)
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out
+    assert "resuming MLflow run" in out
+
+    reference = _final_metrics(reference_dir)
+    crashed = _final_metrics(crash_dir)
+    assert len(reference) == 1 and len(crashed) == 1
+    assert crashed[0].info.status == "FINISHED"
+    keys = ("student_acc", "baseline_acc", "teacher_acc", "kd_gain")
+    assert {k: crashed[0].data.metrics[k] for k in keys} == {k: reference[0].data.metrics[k] for k in keys}
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(crashed[0].info.run_id, "student/test_acc")]
+    assert sorted(set(steps)) == [1, 2, 3, 4]
