@@ -41,8 +41,11 @@ class MlflowSweep(Callback):
         from kdexp import tracking
 
         if self.parent_id is not None:
-            status = tracking.end_sweep(self.parent_id)
-            print(f"kdexp: sweep parent run {self.parent_id} {status}; compare the jobs with: kdexp-report")
+            status, best = tracking.end_sweep(self.parent_id)
+            print(f"kdexp: sweep parent run {self.parent_id} {status}")
+            if best is not None:
+                print(f"kdexp: best job: {best['overrides']} → {best['objective']} = {best['value']:.2f} "
+                      f"(run {best['run_id']}); compare all jobs with: kdexp-report")
             os.environ.pop(tracking.SWEEP_ENV, None)
 
 

@@ -239,17 +239,39 @@ def find_sweep_parent(experiment: str, sweep_dir: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def end_sweep(parent_id: str) -> str:
-    """Close the parent: FINISHED when every child finished, else FAILED. Returns the status."""
+def _all_children(client, experiment_id: str, parent_id: str) -> list:
+    children, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                                  max_results=1000, page_token=token)
+        children.extend(page)
+        token = page.token
+        if not token:
+            return children
+
+
+def end_sweep(parent_id: str) -> tuple[str, dict | None]:
+    """Close the parent: FINISHED when every child finished, else FAILED; tag and return the best
+    finished child by its objective as {run_id, overrides, objective, value}."""
     client = _client()
     parent = client.get_run(parent_id)
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    children = _all_children(client, parent.info.experiment_id, parent_id)
     statuses = [c.info.status for c in children]
     status = "FINISHED" if statuses and all(s == "FINISHED" for s in statuses) else "FAILED"
     client.set_tag(parent_id, "kdexp.jobs", f"{statuses.count('FINISHED')}/{len(statuses)} finished")
+    best = None
+    for child in children:
+        objective = child.data.tags.get("kdexp.objective", "student_acc")
+        value = child.data.metrics.get(objective)
+        if child.info.status == "FINISHED" and value is not None and (best is None or value > best["value"]):
+            best = {"run_id": child.info.run_id, "overrides": child.data.tags.get("overrides", ""),
+                    "objective": objective, "value": value}
+    if best is not None:
+        client.set_tag(parent_id, "kdexp.best_run", best["run_id"])
+        client.set_tag(parent_id, "kdexp.best_overrides", best["overrides"])
+        client.log_metric(parent_id, f"best_{best['objective']}", best["value"])
     client.set_terminated(parent_id, status)
-    return status
+    return status, best
 
 
 # --- read side: sweeps and reports ---

@@ -1,0 +1,88 @@
+"""Multiruns through the real CLI: parent/child runs, teachers trained once, parallel jobs, Optuna."""
+
+import os
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from conftest import FAST
+
+pytestmark = pytest.mark.slow
+QUIET = [*FAST, "data.limit_train=300", "tracking.log_model=false"]
+
+
+def kdexp(args, cwd, timeout=600):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
+    result = subprocess.run([sys.executable, "-m", "kdexp", *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def runs_of(cwd, experiment="kdexp"):
+    mlflow.set_tracking_uri(f"sqlite:///{cwd}/mlflow.db")
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+def split(runs):
+    parents = [r for r in runs if r.data.tags.get("kdexp.role") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def test_2x2_sweep_one_parent_four_children_one_teacher(tmp_path):
+    kdexp(["-m", "loss.temperature=2,4", "loss.alpha=0.1,0.5", *QUIET], tmp_path)
+    parents, children = split(runs_of(tmp_path))
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert len({c.data.tags["kdexp.teacher.lineage"] for c in children}) == 1
+    assert sorted(c.data.tags["kdexp.teacher.source"] for c in children) == ["store"] * 3 + ["trained"]
+    teachers = [r for r in runs_of(tmp_path, "kdexp-store") if r.data.tags["kdexp.label"].startswith("teacher")]
+    assert len(teachers) == 1
+    assert parents[0].data.tags["kdexp.sweep_dir"].startswith(str(tmp_path / "outputs" / "multirun"))
+    assert "kdexp.best_run" in parents[0].data.tags
+    swept = {c.data.tags["overrides"].split(" ")[0] + " " + c.data.tags["overrides"].split(" ")[1] for c in children}
+    assert swept == {f"loss.temperature={t} loss.alpha={a}" for t in (2, 4) for a in (0.1, 0.5)}
+
+
+def test_joblib_sweep_on_a_fresh_store_finishes_every_job(tmp_path):
+    kdexp(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "loss.temperature=2,4,8", *QUIET], tmp_path)
+    parents, children = split(runs_of(tmp_path))
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
+    # Threads were split between the two workers.
+    assert {c.data.params["trainer.threads"] for c in children} == {str(max(1, os.cpu_count() // 2))}
+    teachers = [r for r in runs_of(tmp_path, "kdexp-store") if r.data.tags["kdexp.label"].startswith("teacher")]
+    assert len(teachers) == 1
+
+
+def test_eight_parallel_jobs_on_a_fresh_store_all_finish(tmp_path):
+    kdexp(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=8", "seed=0,1,2,3,4,5,6,7",
+           *QUIET, "data.limit_train=200"], tmp_path, timeout=900)
+    parents, children = split(runs_of(tmp_path))
+    assert len(children) == 8 and {c.info.status for c in children} == {"FINISHED"}
+    assert parents[0].info.status == "FINISHED"
+
+
+def test_rerun_of_a_sweep_skips_finished_jobs(tmp_path):
+    args = ["-m", "loss.temperature=2,4", *QUIET]
+    kdexp(args, tmp_path)
+    again = kdexp(args, tmp_path)
+    assert again.stdout.count("already FINISHED") == 2
+    _, children = split(runs_of(tmp_path))
+    assert len(children) == 2
+
+
+def test_optuna_search_reports_the_best_trial(tmp_path):
+    result = kdexp(["hparams_search=optuna_t_alpha", "hydra.sweeper.n_trials=4", *QUIET,
+                    "data.val_size=100"], tmp_path)
+    assert "Best parameters" in result.stdout + result.stderr
+    assert "best job:" in result.stdout
+    parents, children = split(runs_of(tmp_path))
+    assert len(children) == 4 and all(c.data.tags["kdexp.objective"] == "student_val_acc" for c in children)
+    assert parents[0].data.metrics["best_student_val_acc"] == max(
+        c.data.metrics["student_val_acc"] for c in children)
