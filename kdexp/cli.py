@@ -85,11 +85,30 @@ def _task(cfg: DictConfig) -> float:
         fail(str(err), code=1)
 
 
+def check_output_dirs(args: list[str]) -> None:
+    """Refuse an output folder that cannot be created before Hydra tries (its error is a traceback)."""
+    from kdexp.tracking import _unwritable
+
+    folders = {"hydra.run.dir": "outputs", "hydra.sweep.dir": "outputs"}
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key in folders and value:
+            folders[key] = value.split("${")[0] or "."
+    for key, folder in folders.items():
+        reason = _unwritable(Path(folder).absolute())
+        if reason:
+            fail(f"{key}: cannot create output folder {Path(folder).absolute()}: {reason}")
+
+
 def main() -> None:
     args = sys.argv[1:]
     if not os.environ.get("HYDRA_FULL_ERROR"):
         check_group_choices(args)
-    _task()
+        check_output_dirs(args)
+    try:
+        _task()
+    except KeyboardInterrupt:
+        fail("interrupted; the run is marked KILLED and its checkpoint kept: run the same command to resume", 130)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,33 @@ class Context:
         return history.last(key) if key in history.metrics else None
 
 
+def _model_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+    """Every model config in the experiment: teacher, student, and the lists some families add."""
+    found = {"teacher": cfg.teacher, "student": cfg.student}
+    for key, value in cfg.loss.items():
+        if OmegaConf.is_list(value):
+            found.update({f"loss.{key}[{i}]": m for i, m in enumerate(value)
+                          if OmegaConf.is_dict(m) and "name" in m})
+    return found
+
+
+def check_models_fit(cfg: DictConfig, dataset: data_mod.Dataset) -> None:
+    """Build every model once and push two samples through it, so that a model that does not fit
+    the data's shape is refused in one line before any run starts."""
+    sample = dataset.train.x[:2]
+    for where, model_cfg in _model_configs(cfg).items():
+        try:
+            model = models_mod.build(model_cfg, dataset.input_shape, dataset.num_classes, seed=0)
+            with torch.no_grad():
+                model.eval()(sample)
+        except ConfigError as err:  # the builder names the section "model."; say which one it is
+            raise ConfigError(str(err).replace("model.", f"{where}.", 1)) from None
+        except (RuntimeError, ValueError) as err:
+            cause = " ".join(str(err).split())[:200]
+            raise ConfigError(f"{where}={models_mod.describe(model_cfg)} does not fit {cfg.data.name} "
+                              f"inputs {tuple(dataset.input_shape)}: {cause}") from None
+
+
 def run_tags(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
     from kdexp.tracking import git_commit
 
@@ -198,9 +225,11 @@ def run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None = None,
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     device = resolve_device(cfg.trainer.device)
-    dataset = data_mod.load(cfg.data).to(device)
-    key = run_key(cfg)
+    dataset = data_mod.load(cfg.data)
+    check_models_fit(cfg, dataset)
+    dataset = dataset.to(device)
     tracking.prepare(cfg.tracking.uri, cfg.tracking.experiment)
+    key = run_key(cfg)
     with run_lock(cfg.trainer.checkpoint_dir, key):
         previous = tracking.find_run(cfg.tracking.experiment, key) if cfg.trainer.rerun == "skip" else None
         if previous is not None and previous.status == "FINISHED":

@@ -109,20 +109,20 @@ def pooled(h: torch.Tensor) -> torch.Tensor:
 
 class ExitHead(nn.Module):
     """An early exit: a small bottleneck from a stage's output to `width` features, then a linear
-    classifier. Feature maps go through a 3x3 stride-2 conv, batch norm, ReLU and global average
-    pooling; vectors through one linear layer and ReLU."""
+    classifier. The bottleneck average-pools feature maps to `pool` x `pool` (keeping some layout,
+    which global pooling of a shallow stage loses), flattens, and applies one linear layer and ReLU;
+    vectors go straight to the linear layer."""
 
-    def __init__(self, shape: tuple[int, ...], width: int, num_classes: int):
+    def __init__(self, shape: tuple[int, ...], width: int, num_classes: int, pool: int = 4):
         super().__init__()
+        layers: list[nn.Module] = []
         if len(shape) == 3:
-            self.bottleneck: nn.Module = nn.Sequential(
-                nn.Conv2d(shape[0], width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
-                nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        else:
-            size = 1
-            for d in shape:
-                size *= d
-            self.bottleneck = nn.Sequential(nn.Flatten(1), nn.Linear(size, width), nn.ReLU())
+            layers.append(nn.AdaptiveAvgPool2d(min(pool, shape[1], shape[2])))
+            shape = (shape[0], min(pool, shape[1]), min(pool, shape[2]))
+        size = 1
+        for d in shape:
+            size *= d
+        self.bottleneck: nn.Module = nn.Sequential(*layers, nn.Flatten(1), nn.Linear(size, width), nn.ReLU())
         self.classifier = nn.Linear(width, num_classes)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdexp.config import flatten
+from kdexp.config import ConfigError, flatten
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 # MLflow's first use of a sqlite store runs alembic migrations that log a page of INFO lines.
-for _name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils"):
+# Creating an experiment logs an INFO line too; kdexp's own output says where the run is.
+for _name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
@@ -46,9 +47,42 @@ def prepare(uri: str | None, experiment: str) -> tuple[str, str]:
     import mlflow
 
     uri = resolve_uri(uri)
+    check_local_store(uri)
     mlflow.set_tracking_uri(uri)
-    exp = mlflow.set_experiment(experiment)
+    try:
+        exp = mlflow.set_experiment(experiment)
+    except Exception as err:  # MlflowException, sqlalchemy errors, connection errors: all one line
+        cause = " ".join(str(err).split())[:300]
+        raise ConfigError(f"tracking.uri={uri}: cannot open experiment {experiment!r} ({type(err).__name__}: {cause})") from None
     return uri, exp.experiment_id
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why `path` (a folder to create or use) cannot be written, or None."""
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def check_local_store(uri: str) -> None:
+    """Refuse, in one line, a local sqlite store that cannot work: its folder or the artifact
+    folder (./mlruns) unwritable, or a database file that is not sqlite (never overwritten)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    for folder in (db.parent, Path("mlruns")):
+        reason = _unwritable(folder.absolute())
+        if reason:
+            raise ConfigError(f"tracking.uri={uri}: cannot write there: {reason}")
+    if db.is_file() and db.stat().st_size > 0:
+        with open(db, "rb") as handle:
+            if handle.read(16) != b"SQLite format 3\x00":
+                raise ConfigError(f"tracking.uri={uri}: {db.absolute()} is not an sqlite database (left untouched)")
 
 
 class Run:

