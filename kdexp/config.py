@@ -166,7 +166,10 @@ class TrainerConfig:
     baseline: bool = True
     # Augment only the teacher's training data (data.augment augments every phase).
     teacher_augment: bool = False
+    # auto (cuda, else mps, else cpu) | cpu | cuda | mps.
     device: str = "cpu"
+    # 32 (float32) | bf16 (bfloat16 autocast of forward and loss; float32 weights and optimiser).
+    precision: str = "32"
     # Intra-op threads for torch; 0 = torch's default (in a parallel sweep: cores / jobs).
     threads: int = 0
     progress: bool = True
@@ -214,7 +217,8 @@ LOSS_SCHEMAS: dict[str, type] = {"none": NoneLossConfig, "standard": StandardLos
 OPTIMIZERS = ("adam", "adamw", "sgd")
 AUGMENTATIONS = ("shift", "crop_flip")
 SCHEDULERS = ("none", "multistep", "cosine")
-DEVICES = ("cpu", "cuda", "auto")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("32", "bf16")
 RERUN = ("skip", "force")
 
 
@@ -282,6 +286,7 @@ def _check_ranges(cfg: DictConfig) -> None:
     require(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1")
     require(t.teacher_epochs >= 1, "trainer.teacher_epochs", t.teacher_epochs, "must be >= 1")
     require(t.device in DEVICES, "trainer.device", t.device, f"allowed: {', '.join(DEVICES)}")
+    require(t.precision in PRECISIONS, "trainer.precision", t.precision, f"allowed: {', '.join(PRECISIONS)}")
     require(t.rerun in RERUN, "trainer.rerun", t.rerun, f"allowed: {', '.join(RERUN)}")
     require(t.threads >= 0, "trainer.threads", t.threads, "must be >= 0 (0 = torch's default)")
     require(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")

@@ -24,7 +24,7 @@ from kdexp.checkpoint import Checkpoints
 from kdexp.config import ConfigError
 from kdexp.console import PhaseProgress, console, summary
 from kdexp.store import ModelStore
-from kdexp.train import History, Loop, Phase
+from kdexp.train import History, Loop, Phase, autocast
 
 def _without_prefix(metrics: dict[str, list[float]], role: str) -> dict[str, list[float]]:
     """`{'teacher/loss': ...}` → `{'loss': ...}`: store entries are independent of the role name."""
@@ -38,12 +38,41 @@ def _with_prefix(metrics: dict[str, list[float]], role: str) -> dict[str, list[f
 FrozenLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def resolve_device(name: str) -> torch.device:
+def available_devices() -> list[str]:
+    """The `trainer.device` values this machine can run, besides `auto`."""
+    here = ["cpu"]
+    if torch.cuda.is_available():
+        here.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        here.append("mps")
+    return here
+
+
+def resolve_device(name: str, precision: str = "32") -> torch.device:
+    """`trainer.device` → a torch device (auto: cuda, else mps, else cpu). A device this machine
+    lacks, or bf16 on one that cannot run it, is refused in one line."""
+    here = available_devices()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda is not available on this machine; allowed here: cpu, auto")
-    return torch.device(name)
+        name = next(d for d in ("cuda", "mps", "cpu") if d in here)
+    elif name not in here:
+        raise ConfigError(f"trainer.device={name} is not available on this machine; "
+                          f"available here: {', '.join(['auto', *here])}")
+    device = torch.device(name)
+    if str(precision) == "bf16" and not _bf16_works(device):
+        raise ConfigError(f"trainer.precision=bf16 is not supported on this {name} device; use trainer.precision=32")
+    return device
+
+
+def _bf16_works(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:  # cpu always; mps from macOS 14
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
+    except (RuntimeError, TypeError):
+        return False
+    return True
 
 
 class Context:
@@ -56,7 +85,8 @@ class Context:
         self.checkpoints = checkpoints
         self.store = store
         self.histories: dict[str, History] = {}
-        self.loop = Loop(dataset, cfg.data, cfg.optim, PhaseProgress(cfg.trainer.progress), self._log_epoch)
+        self.loop = Loop(dataset, cfg.data, cfg.optim, PhaseProgress(cfg.trainer.progress), self._log_epoch,
+                         precision=cfg.trainer.precision)
 
     # --- seeds and models ---
     def seed(self, role: str) -> int:
@@ -120,7 +150,8 @@ class Context:
             history = self.train(phase)
             return model.state_dict(), _without_prefix(history.metrics, role)
 
-        key, payload = store_mod.key_for(model_cfg, self.cfg.data, self.cfg.optim, epochs, augment, seed)
+        key, payload = store_mod.key_for(model_cfg, self.cfg.data, self.cfg.optim, epochs, augment, seed,
+                                         precision=self.cfg.trainer.precision)
         label = f"{role} {models_mod.describe(model_cfg)}"
         source, store_run, generic = self.store.get_or_train(key, payload, label, model.load_state_dict, train)
         self.run.tags({f"kdexp.{role}.source": source, f"kdexp.{role}.lineage": store_run})
@@ -147,17 +178,19 @@ class Context:
 
     def frozen_logits(self, model: nn.Module) -> FrozenLogits:
         """`(x, idx) → logits` of a frozen model. When students see unaugmented inputs the logits of
-        the whole training split are computed once and looked up by index; otherwise per batch."""
+        the whole training split are computed once and looked up by index; otherwise per batch.
+        Per batch, the loop's autocast applies; the cache is computed under the same precision and
+        kept as float32 on the data's device."""
         if self.augment_students:
             def per_batch(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
                 with torch.no_grad():
                     return model(x)
             return per_batch
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.device, self.cfg.trainer.precision):
             train = self.dataset.train
             bs = self.cfg.data.eval_batch_size
-            cached = torch.cat([model(x) for x, _ in data_mod.eval_batches(train, bs)])
+            cached = torch.cat([model(x).float() for x, _ in data_mod.eval_batches(train, bs)])
         return lambda x, idx: cached[idx]
 
     def val_acc(self, history: History, name: str) -> float | None:
@@ -224,7 +257,7 @@ def run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None = None,
 
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    device = resolve_device(cfg.trainer.device)
+    device = resolve_device(cfg.trainer.device, cfg.trainer.precision)
     dataset = data_mod.load(cfg.data)
     check_models_fit(cfg, dataset)
     dataset = dataset.to(device)
@@ -235,6 +268,8 @@ def run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None = None,
         if previous is not None and previous.status == "FINISHED":
             console.print(f"kdexp: this exact config already FINISHED as MLflow run {previous.run_id}; "
                           f"skipped (trainer.rerun=force runs it again)")
+            if parent_run_id:
+                tracking.note_reused(parent_run_id, overrides, previous.run_id)
             return previous.objective
         resume_id = previous.run_id if previous is not None else None
         tags = {**run_tags(cfg, overrides), "kdexp.run_key": key,

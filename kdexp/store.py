@@ -27,8 +27,11 @@ ROUTINE_VERSION = 1
 _DATA_KEYS_IGNORED = ("root", "download", "eval_batch_size")
 
 
-def key_for(model_cfg, data_cfg, optim_cfg, epochs: int, augment: bool, seed: int) -> tuple[str, dict]:
-    """(hex key, the payload it hashes) for a model trained on labels alone."""
+def key_for(model_cfg, data_cfg, optim_cfg, epochs: int, augment: bool, seed: int,
+            precision: str = "32") -> tuple[str, dict]:
+    """(hex key, the payload it hashes) for a model trained on labels alone. The device is not part
+    of the key (a teacher trained on a GPU serves a CPU run); the precision is (bf16 ≠ float32
+    weights), and only when it is not the default, so float32 keys stay what they were."""
     data = {k: v for k, v in OmegaConf.to_container(data_cfg, resolve=True).items() if k not in _DATA_KEYS_IGNORED}
     payload = {
         "model": OmegaConf.to_container(model_cfg, resolve=True),
@@ -39,6 +42,8 @@ def key_for(model_cfg, data_cfg, optim_cfg, epochs: int, augment: bool, seed: in
         "seed": int(seed),
         "routine": ROUTINE_VERSION,
     }
+    if str(precision) != "32":
+        payload["precision"] = str(precision)
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     return digest[:24], payload
 

@@ -6,6 +6,7 @@ in the working folder, with artifacts under `./mlruns`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -259,6 +260,13 @@ def start_sweep(uri: str | None, experiment: str, sweep_dir: str, overrides: lis
     return run.info.run_id
 
 
+def note_reused(parent_id: str, overrides: list[str], run_id: str) -> None:
+    """A sweep job skipped because its config already FINISHED: point the parent at that run
+    (one tag per job, so parallel jobs never overwrite each other)."""
+    digest = hashlib.sha1(" ".join(overrides).encode()).hexdigest()[:10]
+    _client().set_tag(parent_id, f"kdexp.reused.{digest}", f"{run_id} {' '.join(overrides)}"[:5000])
+
+
 def find_sweep_parent(experiment: str, sweep_dir: str) -> str | None:
     import mlflow
 
@@ -291,7 +299,8 @@ def end_sweep(parent_id: str) -> tuple[str, dict | None]:
     parent = client.get_run(parent_id)
     children = _all_children(client, parent.info.experiment_id, parent_id)
     statuses = [c.info.status for c in children]
-    status = "FINISHED" if statuses and all(s == "FINISHED" for s in statuses) else "FAILED"
+    # Jobs skipped because their config already FINISHED leave no child, so an empty sweep is fine.
+    status = "FINISHED" if all(s == "FINISHED" for s in statuses) else "FAILED"
     client.set_tag(parent_id, "kdexp.jobs", f"{statuses.count('FINISHED')}/{len(statuses)} finished")
     best = None
     for child in children:

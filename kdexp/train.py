@@ -7,6 +7,7 @@ function from inputs to the logits of every model judged at evaluation. The loop
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -74,15 +75,26 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int):
     return None
 
 
+def autocast(device: torch.device, precision: str):
+    """The context forward passes and losses run in: `torch.autocast` to bfloat16 on `device` for
+    `trainer.precision=bf16` (weights, gradients and optimiser state stay float32), else nothing."""
+    if str(precision) == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
-def evaluate(predict: PredictFn, models: dict[str, nn.Module], split, batch_size: int) -> dict[str, float]:
+def evaluate(predict: PredictFn, models: dict[str, nn.Module], split, batch_size: int,
+             precision: str = "32") -> dict[str, float]:
     """Accuracy (in %) of every model `predict` returns, in eval mode; restores train mode."""
     modes = {name: m.training for name, m in models.items()}
     for m in models.values():
         m.eval()
     correct: dict[str, torch.Tensor] = {}
     for x, y in data_mod.eval_batches(split, batch_size):
-        for name, logits in predict(x).items():
+        with autocast(x.device, precision):
+            predicted = predict(x)
+        for name, logits in predicted.items():
             correct[name] = correct.get(name, 0) + accuracy(logits, y)
     for name, m in models.items():
         m.train(modes[name])
@@ -92,12 +104,14 @@ def evaluate(predict: PredictFn, models: dict[str, nn.Module], split, batch_size
 class Loop:
     """Runs phases on one data set with one optimiser recipe; reports through `on_epoch`."""
 
-    def __init__(self, dataset, data_cfg, optim_cfg, progress, on_epoch: Callable[[str, int, dict], None]):
+    def __init__(self, dataset, data_cfg, optim_cfg, progress, on_epoch: Callable[[str, int, dict], None],
+                 precision: str = "32"):
         self.dataset = dataset
         self.data_cfg = data_cfg
         self.optim_cfg = optim_cfg
         self.progress = progress
         self.on_epoch = on_epoch
+        self.precision = str(precision)
 
     def _augmenter(self, phase: Phase, generator: torch.Generator):
         if not phase.augment:
@@ -135,13 +149,14 @@ class Loop:
                 for step, (x, y, idx) in enumerate(
                     data_mod.batches(train, self.data_cfg.batch_size, generator, augment), start=1
                 ):
-                    terms = phase.loss(x, y, idx)
+                    with autocast(x.device, self.precision):  # forward and loss; backward outside
+                        terms = phase.loss(x, y, idx)
                     self._check_finite(terms["loss"], phase, epoch, step)
                     optimizer.zero_grad(set_to_none=True)
                     terms["loss"].backward()
                     optimizer.step()
                     for key, value in terms.items():
-                        sums[key] = sums.get(key, 0) + value.detach() * len(y)
+                        sums[key] = sums.get(key, 0) + value.detach().float() * len(y)
                     bar.advance(epoch, step, terms["loss"])
                 metrics = {f"{phase.name}/{k}": float(v) / len(train) for k, v in sums.items()}
                 if scheduler is not None:  # log the epoch's learning rate, then move to the next one
@@ -151,7 +166,8 @@ class Loop:
                     split = getattr(self.dataset, split_name)
                     if split is None:
                         continue
-                    accs = evaluate(phase.predict, phase.models, split, self.data_cfg.eval_batch_size)
+                    accs = evaluate(phase.predict, phase.models, split, self.data_cfg.eval_batch_size,
+                                    self.precision)
                     metrics.update({f"{name}/{split_name}_acc": acc for name, acc in accs.items()})
                 history.add(metrics)
                 if save is not None:

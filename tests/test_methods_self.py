@@ -149,3 +149,10 @@ def test_born_again_reports_generations_and_their_ensemble(store):
     client = mlflow.MlflowClient()
     for key in ("gen0/test_acc", "gen1/test_acc", "gen2/kd", "gen2/loss"):
         assert client.get_metric_history(run.info.run_id, key), key
+
+
+def test_born_again_generations_share_gen0s_init_so_alpha_one_repeats_gen0(store):
+    # alpha = 1 drops the distillation term: from gen0's init and batch order every generation is gen0.
+    _, run = run_experiment(["loss=self", "loss.mode=born_again", "loss.generations=1", "loss.alpha=1",
+                             "model@student=mlp", "student.hidden=[32]", *NO_MODEL])
+    assert run.data.metrics["gen1_kd_gain"] == pytest.approx(0.0, abs=1e-9)

@@ -86,3 +86,30 @@ def test_optuna_search_reports_the_best_trial(tmp_path):
     assert len(children) == 4 and all(c.data.tags["kdexp.objective"] == "student_val_acc" for c in children)
     assert parents[0].data.metrics["best_student_val_acc"] == max(
         c.data.metrics["student_val_acc"] for c in children)
+
+
+def test_two_identical_sweeps_at_once_in_one_folder(tmp_path):
+    """Both finish; each job's config runs once (the other waits on its lock, then skips it);
+    the store has one teacher and every checkpoint folder belongs to one run."""
+    args = [sys.executable, "-m", "kdexp", "-m", "loss.temperature=2,4", *QUIET]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    # The launching process creates the store; create it first, as a parallel launch would.
+    kdexp(["--cfg", "job"], tmp_path)
+    from kdexp.tracking import prepare
+    prepare(env["MLFLOW_TRACKING_URI"], "kdexp")
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    _, children = split(runs_of(tmp_path))
+    assert sorted(c.data.tags["overrides"].split(" ")[0] for c in children) == [
+        "loss.temperature=2", "loss.temperature=4"]
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert sum(out.count("already FINISHED") for out in outs) == 2
+    teachers = [r for r in runs_of(tmp_path, "kdexp-store") if r.data.tags["kdexp.label"].startswith("teacher")]
+    assert len(teachers) == 1
+    run_ids = {c.info.run_id for c in children}
+    folders = [f for f in (tmp_path / "outputs" / "checkpoints").glob("*/*") if f.parent.name != ".locks"]
+    assert len(folders) == 2
+    for folder in folders:
+        assert folder.name in run_ids
