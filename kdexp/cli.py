@@ -45,8 +45,8 @@ def check_group_choices(args: list[str]) -> None:
     for override in overrides:
         group = override.key_or_group
         options = group_options(group)
-        if not options or override.is_delete():
-            continue
+        if not options or override.is_delete() or group.startswith("hydra/"):
+            continue  # hydra/...: plugins add options (joblib, ray, ...); Hydra checks those itself
         if override.is_sweep_override():
             try:
                 values = list(override.sweep_string_iterator())
@@ -72,7 +72,7 @@ def _task(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     try:
-        parent = parent_for_job(hydra_cfg, cfg.tracking.experiment)
+        parent = parent_for_job(hydra_cfg, cfg.tracking)
         if parent is not None and cfg.trainer.threads == 0:
             cfg.trainer.threads = threads_per_job(hydra_cfg)
         typed = validate(cfg)

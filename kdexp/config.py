@@ -150,6 +150,8 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
+    # One fused kernel for the whole update (faster; rounding differs in the last bits).
+    fused: bool = True
     # Learning-rate schedule, stepped per epoch: none, multistep (x gamma after each milestone
     # epoch) or cosine (down to min_lr over the phase's epochs).
     scheduler: str = "none"

@@ -153,7 +153,7 @@ def _normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
-    return (x - m) / s
+    return x.sub_(m).div_(s)  # in place: no second copy of the data set
 
 
 def load(cfg) -> Dataset:
@@ -237,8 +237,8 @@ def batches(split: Split, batch_size: int, generator: torch.Generator,
     order = torch.randperm(len(split), generator=generator).to(split.x.device)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        x = split.x[idx]
-        yield (augment(x) if augment else x), split.y[idx], idx
+        x = split.x.index_select(0, idx)  # several times faster than fancy indexing for small batches
+        yield (augment(x) if augment else x), split.y.index_select(0, idx), idx
 
 
 def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -255,6 +255,7 @@ def run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None = None,
     from kdexp import tracking
     from kdexp.checkpoint import run_key, run_lock
 
+    started = time.perf_counter()  # wall time includes loading data and opening the store
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     device = resolve_device(cfg.trainer.device, cfg.trainer.precision)
@@ -277,15 +278,15 @@ def run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None = None,
         run = tracking.Run(cfg.tracking, default_run_name(cfg, overrides), tags, parent_run_id, resume_id)
         if resume_id:
             console.print(f"kdexp: resuming MLflow run {resume_id} ({previous.status}) from its checkpoints")
-        return _track(cfg, overrides, hydra_dir, dataset, device, run, Checkpoints(cfg.trainer.checkpoint_dir, key, run.run_id))
+        checkpoints = Checkpoints(cfg.trainer.checkpoint_dir, key, run.run_id)
+        return _track(cfg, hydra_dir, dataset, device, run, checkpoints, started)
 
 
-def _track(cfg, overrides, hydra_dir, dataset, device, run, checkpoints) -> float:
+def _track(cfg, hydra_dir, dataset, device, run, checkpoints, started: float) -> float:
     """Everything inside the MLflow run: a raise ends it FAILED (KILLED on Ctrl-C), error recorded."""
     from kdexp import plots
     from kdexp.methods import REGISTRY
 
-    started = time.perf_counter()
     try:
         run.params(config_mod.flatten(cfg))
         run.text(OmegaConf.to_yaml(cfg), "config.yaml")

@@ -2,7 +2,8 @@
 
 It runs in the launching process, so it also creates the store and the experiment before any
 job starts (concurrent first-time sqlite migrations race). Jobs find their parent through the
-environment (inherited by local and joblib workers) or, on other machines, by the sweep folder tag.
+environment (inherited by joblib, submitit and SLURM jobs) or, where it does not reach them (Ray
+workers inherit the environment of `ray start`, not of the launcher), by the sweep folder tag.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from omegaconf import DictConfig
 
 
 def sweep_dir_of(hydra_cfg) -> str:
-    return str(Path(hydra_cfg.sweep.dir).resolve())
+    """The sweep folder as an absolute path, the same in the launcher and in every job: a relative
+    `hydra.sweep.dir` is taken from `hydra.runtime.cwd`, the folder the sweep config was composed
+    in (the launching shell's for Ray, whose workers run elsewhere; the submit folder for SLURM)."""
+    folder = Path(str(hydra_cfg.sweep.dir))
+    if not folder.is_absolute():
+        runtime = hydra_cfg.get("runtime") or {}
+        folder = Path(runtime.get("cwd") or os.getcwd()) / folder
+    return str(folder.resolve())
 
 
 class MlflowSweep(Callback):
@@ -27,9 +35,14 @@ class MlflowSweep(Callback):
         from kdexp import tracking
         from kdexp.cli import fail
         from kdexp.config import ConfigError, validate
+        from kdexp.store import ModelStore
 
         try:  # the base config of the sweep: a bad value stops here, before any job
             typed = validate(config)
+            # The store's experiment too: created here, its artifact location is the launcher's
+            # (a relative ./mlruns would otherwise be taken in whichever job's folder came first,
+            # e.g. a Ray worker's), and parallel jobs never race to create it.
+            tracking.prepare(typed.tracking.uri, ModelStore(typed.store, typed.tracking).experiment)
         except ConfigError as err:
             fail(str(err))
         overrides = list(config.hydra.overrides.task)
@@ -49,21 +62,62 @@ class MlflowSweep(Callback):
             os.environ.pop(tracking.SWEEP_ENV, None)
 
 
-def parent_for_job(hydra_cfg, experiment: str) -> str | None:
-    """The parent run of this job when it runs inside a multirun, else None."""
+def _opens_parents(hydra_cfg) -> bool:
+    callbacks = hydra_cfg.get("callbacks") or {}
+    return any(str((cb or {}).get("_target_", "")).endswith("MlflowSweep") for cb in callbacks.values())
+
+
+def parent_for_job(hydra_cfg, tracking_cfg) -> str | None:
+    """The parent run of this job when it runs inside a multirun, else None. `tracking_cfg` is the
+    job's `tracking` section (or just the experiment name, for the store the environment names).
+    A job of a kdexp sweep that cannot find its parent stops with one line: its runs would
+    otherwise land, unparented, in a store the launcher never looks at."""
     from hydra.types import RunMode
 
     from kdexp import tracking
+    from kdexp.config import ConfigError
 
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
-    return os.environ.get(tracking.SWEEP_ENV) or tracking.find_sweep_parent(experiment, sweep_dir_of(hydra_cfg))
+    if isinstance(tracking_cfg, str):
+        uri, experiment = None, tracking_cfg
+    else:
+        uri, experiment = tracking_cfg.get("uri"), tracking_cfg.experiment
+    found = os.environ.get(tracking.SWEEP_ENV)
+    if found:
+        return found
+    sweep_dir = sweep_dir_of(hydra_cfg)
+    found = tracking.find_sweep_parent(experiment, sweep_dir, uri)
+    if found is None and _opens_parents(hydra_cfg):
+        raise ConfigError(
+            f"this sweep job found no parent run for sweep folder {sweep_dir} in experiment "
+            f"'{experiment}' of {tracking.resolve_uri(uri)}; on a cluster the launching shell's "
+            f"MLFLOW_TRACKING_URI may not reach the job: pass tracking.uri=<the tracking URI> on the command line")
+    return found
+
+
+def _cores_here() -> int:
+    try:  # the cores this process may run on (a SLURM or taskset allocation), not the machine's
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
 
 
 def threads_per_job(hydra_cfg) -> int:
-    """Threads for one job of a parallel sweep: the cores shared by the launcher's concurrent jobs."""
+    """torch threads for one job of a sweep: what the launcher gave it.
+    joblib: the cores here shared by `n_jobs` concurrent jobs; submitit (SLURM or local):
+    `cpus_per_task`, else SLURM's `SLURM_CPUS_PER_TASK`, else the cores this job may use; Ray:
+    `ray.remote.num_cpus` (Ray's default reservation is 1 CPU per task); basic launcher: all cores."""
     launcher = hydra_cfg.get("launcher", {}) or {}
+    target = str(launcher.get("_target_", ""))
+    cores = _cores_here()
+    if "submitit" in target:
+        cpus = launcher.get("cpus_per_task") or os.environ.get("SLURM_CPUS_PER_TASK")
+        return max(1, int(cpus)) if cpus else cores
+    if "ray_launcher" in target:
+        remote = (launcher.get("ray") or {}).get("remote") or {}
+        return max(1, int(remote.get("num_cpus") or 1))
     jobs = launcher.get("n_jobs", 1) or 1
     if jobs == -1:
-        jobs = os.cpu_count() or 1
-    return max(1, (os.cpu_count() or 1) // max(1, int(jobs)))
+        jobs = cores
+    return max(1, cores // max(1, int(jobs)))

@@ -246,7 +246,7 @@ def start_sweep(uri: str | None, experiment: str, sweep_dir: str, overrides: lis
     import mlflow
 
     prepare(uri, experiment)
-    parent = find_sweep_parent(experiment, sweep_dir)
+    parent = find_sweep_parent(experiment, sweep_dir, uri)
     client = _client()
     if parent is not None:
         client.update_run(parent, status="RUNNING")
@@ -267,13 +267,15 @@ def note_reused(parent_id: str, overrides: list[str], run_id: str) -> None:
     _client().set_tag(parent_id, f"kdexp.reused.{digest}", f"{run_id} {' '.join(overrides)}"[:5000])
 
 
-def find_sweep_parent(experiment: str, sweep_dir: str) -> str | None:
+def find_sweep_parent(experiment: str, sweep_dir: str, uri: str | None = None) -> str | None:
+    """The parent run tagged with this sweep folder in the store `uri` (resolved as everywhere)."""
     import mlflow
 
-    exp = mlflow.get_experiment_by_name(experiment)
+    client = mlflow.MlflowClient(tracking_uri=resolve_uri(uri))
+    exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = _client().search_runs(
+    runs = client.search_runs(
         [exp.experiment_id],
         filter_string=f"tags.`kdexp.role` = 'sweep' and tags.`kdexp.sweep_dir` = '{sweep_dir}'",
         max_results=1,

@@ -198,7 +198,7 @@ def test_cuda_bf16_run_end_to_end_with_store_and_logged_model(store):
 @pytest.mark.parametrize("family", [
     ["loss=multi_teacher", "loss.teachers=[mlp,cnn]"],
     ["loss=online"],
-    ["loss=self", "student.hidden=[64,32]"],
+    ["loss=self"],
     ["loss=self", "loss.mode=born_again", "loss.generations=1"],
     ["data.augment=true"],  # per-batch teacher logits on augmented inputs
 ])
