@@ -385,19 +385,22 @@ def model_options() -> dict[str, Any]:
 
 def model_list(key: str, value: Any) -> list[DictConfig]:
     """Each entry of a list of models typed by its schema. An entry is the name of a file of
-    conf/model/ (`loss.teachers=[cnn,mlp]`) or a mapping with a `name` (`{name: mlp, hidden: [64]}`)."""
+    conf/model/ (`loss.teachers=[cnn,mlp]`) or a mapping with a `name` (`{name: cnn, channels: [16,32]}`),
+    whose keys override conf/model/<name>.yaml when there is such a file (else the schema defaults)."""
     if not isinstance(value, (list, ListConfig)):
         raise ConfigError(f"{key}={value!r} is not allowed; a list of model config names, e.g. {key}=[cnn,mlp]")
-    options = None
+    options = model_options()
     out = []
     for i, entry in enumerate(value):
         if isinstance(entry, str):
-            options = options if options is not None else model_options()
             if entry not in options:
                 raise ConfigError(f"{key}[{i}]={entry!r} is not a model config; allowed: "
                                   f"{', '.join(options)} (conf/model/) or a mapping {{name: ..., ...}}")
             entry = OmegaConf.load(options[entry])
-        elif not isinstance(entry, DictConfig):
+        elif isinstance(entry, DictConfig):
+            if entry.get("name") in options:
+                entry = OmegaConf.merge(OmegaConf.load(options[entry.name]), entry)
+        else:
             raise ConfigError(f"{key}[{i}]={entry!r} is not allowed; a model config name or a mapping")
         out.append(typed_model(f"{key}[{i}]", entry))
     return out
@@ -424,7 +427,7 @@ def _check_families(cfg: DictConfig) -> None:
             key = "hidden" if cfg.student.name == "mlp" else "channels"
             require(False, f"student.{key}", list(cfg.student[key]),
                     "loss=self needs a student with at least two stages (one exit each), "
-                    f"e.g. student.{key}={[256, 128] if key == 'hidden' else [32, 64]}, or loss.mode=born_again")
+                    f"e.g. student.{key}={'[256,128]' if key == 'hidden' else '[32,64]'}, or loss.mode=born_again")
     elif loss.name == "multi_teacher":
         loss.teachers = model_list("loss.teachers", loss.teachers)
         require(len(loss.teachers) >= 1, "loss.teachers", [], "at least one model config, e.g. loss.teachers=[cnn,cnn]")

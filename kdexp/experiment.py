@@ -64,6 +64,15 @@ def resolve_device(name: str, precision: str = "32") -> torch.device:
     return device
 
 
+def describe_device(device: torch.device, precision: str) -> str:
+    """`cuda:0 (NVIDIA H100 80GB HBM3), bf16`: where a run trained, for its tags and summary."""
+    name = str(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        name = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return f"{name}, {'bf16 autocast' if str(precision) == 'bf16' else 'float32'}"
+
+
 def _bf16_works(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -274,7 +283,8 @@ def run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None = None,
             return previous.objective
         resume_id = previous.run_id if previous is not None else None
         tags = {**run_tags(cfg, overrides), "kdexp.run_key": key,
-                "kdexp.role": "job" if parent_run_id else "single"}
+                "kdexp.role": "job" if parent_run_id else "single",
+                "kdexp.device": describe_device(device, cfg.trainer.precision)}
         run = tracking.Run(cfg.tracking, default_run_name(cfg, overrides), tags, parent_run_id, resume_id)
         if resume_id:
             console.print(f"kdexp: resuming MLflow run {resume_id} ({previous.status}) from its checkpoints")
@@ -311,7 +321,7 @@ def _track(cfg, hydra_dir, dataset, device, run, checkpoints, started: float) ->
     except BaseException as err:
         run.fail(err)
         raise
-    rows = outcome.rows + [("wall time", f"{wall:.1f} s")]
+    rows = outcome.rows + [("device", describe_device(device, cfg.trainer.precision)), ("wall time", f"{wall:.1f} s")]
     summary(f"kdexp · {cfg.loss.name} · {cfg.data.name}", rows,
             [f"MLflow run {run.run_id} in experiment '{cfg.tracking.experiment}' ({run.uri})",
              f"open the UI: {run.ui_hint()}"])

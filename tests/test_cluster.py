@@ -6,6 +6,7 @@ the launching shell, so there jobs find their parent by the sweep folder tag. Th
 skip only when the optional extra (`kdexp[slurm]`, `kdexp[ray]`) is not installed."""
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -152,9 +153,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# Ray replaces a loopback --node-ip-address by the machine's address unless this is 0 (its switch
-# for single-machine clusters); with it every Ray server binds to 127.0.0.1.
-RAY_LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+def ray_env() -> dict[str, str]:
+    """What the head and the launching process share. Ray replaces a loopback --node-ip-address by
+    the machine's address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is 0 (its single-machine switch);
+    with it every Ray server binds to 127.0.0.1. Token authentication with a token of this test's
+    own, set explicitly, so that a ~/.ray/auth_token of the user's neither helps nor interferes."""
+    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 @pytest.fixture
@@ -170,7 +175,8 @@ def ray_head(tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="kdray", dir="/tmp")  # Ray's socket paths must stay short
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", tracking.SWEEP_ENV)}
-    env.update(RAY_LOOPBACK)
+    shared = ray_env()
+    env.update(shared)
     log = open(folder / "head.log", "w")
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
@@ -184,7 +190,7 @@ def ray_head(tmp_path):
             assert head.poll() is None, (folder / "head.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the Ray head did not start in 120 s"
             time.sleep(0.5)
-        yield f"127.0.0.1:{port}", folder
+        yield f"127.0.0.1:{port}", folder, shared
     finally:
         _stop_group(head)
         log.close()
@@ -211,12 +217,12 @@ def _stop_group(process: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_ray_sweep_on_a_loopback_head_two_jobs_under_one_parent(tmp_path, ray_head):
-    address, head_folder = ray_head
+    address, head_folder, shared = ray_head
     work = tmp_path / "work"
     work.mkdir()
     uri = f"sqlite:///{work}/mlflow.db"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(RAY_LOOPBACK)
+    env.update(shared)
     kdexp(["-m", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={address}",
            "hydra.launcher.ray.remote.num_cpus=1", f"tracking.uri={uri}", "loss.temperature=2,4", *QUIET],
           work, env)

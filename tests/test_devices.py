@@ -149,6 +149,8 @@ def test_a_bf16_run_end_to_end_on_cpu_trains_its_own_teacher(store):
     _, fp32 = run_experiment(QUIET)
     _, bf16 = run_experiment([*QUIET, "trainer.precision=bf16"])
     assert bf16.info.status == "FINISHED" and bf16.data.params["trainer.precision"] == "bf16"
+    assert bf16.data.tags["kdexp.device"] == "cpu, bf16 autocast"
+    assert fp32.data.tags["kdexp.device"] == "cpu, float32"
     assert bf16.data.tags["kdexp.teacher.source"] == "trained"  # not the float32 teacher
     assert bf16.data.tags["kdexp.teacher.lineage"] != fp32.data.tags["kdexp.teacher.lineage"]
     for key in ("teacher_acc", "student_acc", "baseline_acc"):
@@ -187,6 +189,7 @@ def test_cuda_bf16_run_end_to_end_with_store_and_logged_model(store):
     _, second = run_experiment([*common, "loss.temperature=8"])
     for run in (first, second):
         assert run.info.status == "FINISHED" and run.data.metrics["student_acc"] > 25
+        assert run.data.tags["kdexp.device"].startswith("cuda:0 (") and run.data.tags["kdexp.device"].endswith("bf16 autocast")
     assert first.data.tags["kdexp.teacher.source"] == "trained"
     assert second.data.tags["kdexp.teacher.source"] == "store"
     assert first.data.metrics["teacher_acc"] == second.data.metrics["teacher_acc"]

@@ -16,9 +16,13 @@ def test_teachers_are_resolved_by_name_against_conf_model():
     assert cfg.loss.teachers[1].dropout == 0.0
 
 
-def test_a_teacher_can_be_a_mapping_and_takes_schema_defaults():
-    cfg = compose_cfg(["loss=multi_teacher", "loss.teachers=[{name:mlp,hidden:[64]},cnn]"])
-    assert list(cfg.loss.teachers[0].hidden) == [64] and cfg.loss.teachers[0].dropout == 0.0
+def test_a_teacher_mapping_overrides_the_model_file_of_its_name():
+    cfg = compose_cfg(["loss=multi_teacher", "model@teacher=cnn",
+                       "loss.teachers=[{name:cnn,channels:[16]},{name:resnet,depth:14}]"])
+    cnn, resnet = cfg.loss.teachers
+    assert list(cnn.channels) == [16]
+    assert cnn.fc == cfg.teacher.fc and cnn.dropout == cfg.teacher.dropout  # the rest from conf/model/cnn.yaml
+    assert resnet.depth == 14 and list(resnet.widths) == [16, 16, 32, 64]  # no resnet.yaml: schema defaults
 
 
 def test_teachers_can_reuse_the_teacher_and_student_groups_by_interpolation():
@@ -61,3 +65,10 @@ def test_each_aggregate_runs_and_reports_teachers_ensemble_student_and_gain(stor
                 "student/kd", "student/ce", "student/loss"):
         assert client.get_metric_history(run.info.run_id, key), key
     assert run.data.params["loss.aggregate"] == aggregate
+
+
+def test_ensemble_teachers_preset_composes():
+    cfg = compose_cfg(["experiment=ensemble_teachers"], fast=False)
+    assert cfg.loss.name == "multi_teacher" and len(cfg.loss.teachers) == 3
+    assert all(t.name == "cnn" and list(t.channels) == [16, 32] for t in cfg.loss.teachers)
+    assert cfg.trainer.teacher_epochs == 5

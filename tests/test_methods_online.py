@@ -68,3 +68,9 @@ def test_online_with_alpha_one_equals_the_peers_trained_alone(store):
     # alpha = 1: no distillation; peer0 shares its baseline's init and batch order.
     _, run = run_experiment(["loss=online", "loss.alpha=1", *SMALL])
     assert run.data.metrics["peer0_kd_gain"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_dml_preset_composes():
+    cfg = compose_cfg(["experiment=dml"], fast=False)
+    assert cfg.loss.name == "online" and cfg.loss.mode == "dml" and len(cfg.loss.peers) == 2
+    assert cfg.data.augment

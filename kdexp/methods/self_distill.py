@@ -5,10 +5,11 @@ after each stage; the deepest exit trains on the labels and teaches every shallo
 (`losses.self_distill`). The baseline is the same multi-exit net, from the same initialisation and
 batch order, with every exit trained on the labels alone. Every exit is reported as a model of its own.
 
-mode=born_again (Furlanello et al. 2018): generation 0 is the student trained on the labels,
-generation k+1 the same architecture distilled from frozen generation k with Hinton's loss. Every
-generation starts from generation 0's initialisation and batch order, so generation 0 is the
-baseline of every later one (`gen{k}_kd_gain`) and the difference is the distillation alone.
+mode=born_again (Furlanello et al. 2018): generation 0 is the student trained on the labels (from
+the student's initialisation and batch order: the same model as the other families' baseline),
+generation k+1 the same architecture from a fresh initialisation, distilled from frozen generation k
+with Hinton's loss. Generation 0 is the baseline of every later one (`gen{k}_kd_gain`); the fresh
+initialisations keep the generations diverse enough for their ensemble to pay.
 """
 
 from __future__ import annotations
@@ -93,22 +94,20 @@ class SelfDistillation(Method):
         ctx, cfg = self.ctx, self.ctx.cfg
         T, alpha = self.cfg.temperature, self.cfg.alpha
         epochs, augment = cfg.trainer.epochs, ctx.augment_students
-        # Every generation starts from the student's initialisation and batch order, so that
-        # gen_k - gen0 measures the distillation alone (as a baseline does for the other families).
         gen0, hist0 = ctx.supervised(cfg.student, "gen0", "student", epochs, augment)
         gen0.eval().requires_grad_(False)
         gens, hists = [gen0], [hist0]
         for k in range(1, self.cfg.generations + 1):
             teacher_logits = ctx.frozen_logits(gens[-1])
             role = f"gen{k}"
-            model = ctx.build(cfg.student, "student")
+            model = ctx.build(cfg.student, role)
             phase = Phase(
                 name=role,
                 models={role: model},
                 loss=lambda x, y, idx, m=model, t=teacher_logits: hinton(m(x), t(x, idx), y, T, alpha),
                 predict=lambda x, m=model, r=role: {r: m(x)},
                 epochs=epochs,
-                seed=ctx.seed("student"),
+                seed=ctx.seed(role),
                 augment=augment,
             )
             hists.append(ctx.train(phase))
