@@ -110,7 +110,7 @@ class SelfLossConfig:
 
     name: str = "self"
     temperature: float = 3.0
-    alpha: float = 0.3
+    alpha: float = 0.5
     mode: str = "byot"
     # byot: weight of ‖h_i − h_deep‖² between each exit's bottleneck features and the deepest's.
     feature_weight: float = 0.0
@@ -434,7 +434,8 @@ def _check_families(cfg: DictConfig) -> None:
         require(loss.aggregate in AGGREGATES, "loss.aggregate", loss.aggregate, f"allowed: {', '.join(AGGREGATES)}")
         if loss.aggregate == "weighted":
             require(loss.weights is not None, "loss.weights", None,
-                    f"loss.aggregate=weighted needs one weight per teacher ({len(loss.teachers)})")
+                    f"loss.aggregate=weighted needs one weight per teacher ({len(loss.teachers)}), "
+                    f"e.g. loss.weights=[{','.join(['1'] * len(loss.teachers))}]")
         if loss.weights is not None:
             w = list(loss.weights)
             require(len(w) == len(loss.teachers), "loss.weights", w,
