@@ -423,9 +423,22 @@ def sweep_children(uri: str | None, parent: RunRecord) -> list[RunRecord]:
             children += [_record(run) for run in page]
             token = page.token
             if not token:
-                return children
+                return children + _reused_runs(client, parent)
     except MlflowException as err:
         raise StoreError(f"cannot read the runs of {parent.run_id} in {uri}: {_first_line(err)}") from None
+
+
+def _reused_runs(client, parent: RunRecord) -> list[RunRecord]:
+    """Jobs of this sweep that were skipped because their config had FINISHED before (see
+    `note_reused`): the earlier run, seen with this sweep's job overrides."""
+    reused = []
+    for key, value in parent.tags.items():
+        if key.startswith("kdexp.reused."):
+            run_id, _, overrides = value.partition(" ")
+            record = _record(client.get_run(run_id))
+            record.tags = {**record.tags, "overrides": overrides, "kdexp.reused_in": parent.run_id}
+            reused.append(record)
+    return reused
 
 
 def log_report_artifacts(uri: str | None, run_id: str, files: list[Path], artifact_path: str = "report") -> str:

@@ -73,8 +73,15 @@ def test_rerun_of_a_sweep_skips_finished_jobs(tmp_path):
     kdexp(args, tmp_path)
     again = kdexp(args, tmp_path)
     assert again.stdout.count("already FINISHED") == 2
-    _, children = split(runs_of(tmp_path))
-    assert len(children) == 2
+    parents, children = split(runs_of(tmp_path))
+    assert len(children) == 2 and len(parents) == 2
+    # The second sweep's parent points at the reused runs, so its report still lists both jobs.
+    from kdexp.tracking import find_sweep, sweep_children
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    reused = sweep_children(uri, find_sweep(uri, "kdexp"))
+    assert sorted(r.tags["overrides"].split(" ")[0] for r in reused) == ["loss.temperature=2", "loss.temperature=4"]
+    assert {r.run_id for r in reused} == {c.info.run_id for c in children}
 
 
 def test_optuna_search_reports_the_best_trial(tmp_path):
