@@ -151,9 +151,7 @@ class Run:
             self.mlflow.end_run(status=status)
 
     def ui_hint(self) -> str:
-        if self.uri.startswith(("http://", "https://")):
-            return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
-        return f"mlflow ui --backend-store-uri {self.uri}   (then open experiment {self.experiment_id}, run {self.run_id})"
+        return ui_hint(self.uri, self.experiment_id, self.run_id)
 
 
 @dataclass
