@@ -194,6 +194,6 @@ class Loop:
             return
         if not bool(torch.isfinite(loss)):
             raise NonFiniteLoss(
-                f"non-finite loss ({float(loss)}) in phase {phase.name!r} at epoch {epoch}, step {step}; "
+                f"non-finite loss ({float(loss.detach())}) in phase {phase.name!r} at epoch {epoch}, step {step}; "
                 f"lower optim.lr or check the inputs"
             )
