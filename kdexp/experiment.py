@@ -234,13 +234,30 @@ def check_models_fit(cfg: DictConfig, dataset: data_mod.Dataset) -> None:
                               f"inputs {tuple(dataset.input_shape)}: {cause}") from None
 
 
+def _roles(cfg: DictConfig) -> tuple[str, str]:
+    """(teacher, student) as the family actually uses them, for tags and run names: several
+    teachers, peers trained together, or a model that is its own teacher."""
+    loss, describe = cfg.loss, models_mod.describe
+    student = describe(cfg.student)
+    if loss.name == "multi_teacher":
+        return "+".join(describe(t) for t in loss.teachers), student
+    if loss.name == "online":
+        return "(online peers)", "+".join(describe(p) for p in loss.peers)
+    if loss.name == "self":
+        return "(itself)", student
+    if loss.name == "none":
+        return "(none)", student
+    return describe(cfg.teacher), student
+
+
 def run_tags(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
     from kdexp.tracking import git_commit
 
+    teacher, student = _roles(cfg)
     tags = {
         "loss_family": cfg.loss.name,
-        "teacher": models_mod.describe(cfg.teacher),
-        "student": models_mod.describe(cfg.student),
+        "teacher": teacher,
+        "student": student,
         "dataset": cfg.data.name,
         "overrides": " ".join(overrides) or "(none)",
     }
@@ -251,7 +268,10 @@ def run_tags(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
 
 
 def default_run_name(cfg: DictConfig, overrides: list[str]) -> str:
-    return " ".join(overrides) if overrides else f"{cfg.loss.name} {models_mod.describe(cfg.teacher)}→{models_mod.describe(cfg.student)}"
+    if overrides:
+        return " ".join(overrides)
+    teacher, student = _roles(cfg)
+    return f"{cfg.loss.name} {teacher}→{student}"
 
 
 def run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None = None,

@@ -53,6 +53,7 @@ def test_each_aggregate_runs_and_reports_teachers_ensemble_student_and_gain(stor
     objective, run = run_experiment(["loss=multi_teacher", f"loss.aggregate={aggregate}",
                                      "loss.weights=[3,1]", *SMALL])
     assert run.info.status == "FINISHED"
+    assert run.data.tags["teacher"].count("+") == 1
     m = run.data.metrics
     for key in ("teacher0_acc", "teacher1_acc", "teacher0_params", "teacher1_params", "ensemble_acc",
                 "student_acc", "student_params", "baseline_acc", "kd_gain"):

@@ -49,6 +49,7 @@ def test_one_step_on_the_summed_loss_moves_each_peer_as_its_own_loss_would():
 def test_peers_train_together_and_report_each_peer_ensemble_and_gain(store, mode):
     objective, run = run_experiment(["loss=online", f"loss.mode={mode}", *SMALL])
     assert run.info.status == "FINISHED"
+    assert run.data.tags["teacher"] == "(online peers)" and run.data.tags["student"].count("+") == 2
     m = run.data.metrics
     for i in range(3):
         for key in (f"peer{i}_acc", f"peer{i}_params", f"peer{i}_baseline_acc", f"peer{i}_kd_gain"):
