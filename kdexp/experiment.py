@@ -23,6 +23,7 @@ from kdexp import store as store_mod
 from kdexp.checkpoint import Checkpoints
 from kdexp.config import ConfigError
 from kdexp.console import PhaseProgress, console, summary
+from kdexp.losses import labels_only
 from kdexp.store import ModelStore
 from kdexp.train import History, Loop, Phase, autocast
 
@@ -146,7 +147,7 @@ class Context:
         phase = Phase(
             name=role,
             models={role: model},
-            loss=lambda x, y, idx: {"loss": nn.functional.cross_entropy(model(x), y)},
+            loss=lambda x, y, idx: labels_only(model(x), y),
             predict=lambda x: {role: model(x)},
             epochs=epochs,
             seed=seed,

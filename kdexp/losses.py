@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# The allowed values live in the schema (config.py imports no torch, so the CLI starts fast).
+from kdexp.config import AGGREGATES, ONLINE_MODES
+
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """`T² · KL(softmax(teacher/T) ‖ softmax(student/T))`, batch-mean, as in Hinton et al. and the
@@ -20,6 +23,11 @@ def kd_kl_from_probs(student_logits: torch.Tensor, target_probs: torch.Tensor, t
     return F.kl_div(log_student, target_probs, reduction="batchmean") * temperature**2
 
 
+def labels_only(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Training on the hard labels alone: teachers, baselines, the `none` family."""
+    return {"loss": F.cross_entropy(logits, labels)}
+
+
 def hinton(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
            temperature: float, alpha: float) -> dict[str, torch.Tensor]:
     """`alpha · CE + (1 - alpha) · T² · KL`: alpha weights the hard labels, as in the article."""
@@ -29,8 +37,6 @@ def hinton(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: t
 
 
 # --- several teachers ---------------------------------------------------------------
-
-AGGREGATES = ("mean", "weighted", "confidence")
 
 
 def teacher_weights(teacher_logits: torch.Tensor, aggregate: str, weights=None,
@@ -89,8 +95,6 @@ def ensemble_probs(logits: torch.Tensor | list[torch.Tensor], weights=None) -> t
 
 
 # --- online distillation (peers trained together) ------------------------------------
-
-ONLINE_MODES = ("dml", "ensemble")
 
 
 def mutual(peer_logits: list[torch.Tensor], labels: torch.Tensor, temperature: float, alpha: float,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import torch.nn.functional as F
 from torch import nn
 
 from kdexp.models import count_params
@@ -38,11 +37,6 @@ class Method:
         raise NotImplementedError
 
     # --- helpers the families share ---
-    @staticmethod
-    def ce_terms(logits, labels) -> dict:
-        ce = F.cross_entropy(logits, labels)
-        return {"loss": ce}
-
     def teacher_student_outcome(self, teacher: nn.Module | None, teacher_acc: float | None,
                                 student: nn.Module, student_acc: float, baseline_acc: float | None,
                                 val_acc: float | None = None) -> Outcome:
@@ -57,7 +51,7 @@ class Method:
             rows.append((f"teacher {ctx.describe(ctx.cfg.teacher)} accuracy", f"{teacher_acc:.2f} %"))
         if baseline_acc is not None:
             metrics.update(baseline_acc=baseline_acc, kd_gain=student_acc - baseline_acc)
-            rows.append((f"baseline (student alone) accuracy", f"{baseline_acc:.2f} %"))
+            rows.append(("baseline (student alone) accuracy", f"{baseline_acc:.2f} %"))
         rows.append((f"student {ctx.describe(ctx.cfg.student)} accuracy ({self.name})", f"{student_acc:.2f} %"))
         if baseline_acc is not None:
             rows.append(("KD gain", f"{student_acc - baseline_acc:+.2f} points"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kdexp.losses import labels_only
 from kdexp.methods.base import Method, Outcome, register
 from kdexp.train import Phase
 
@@ -16,7 +17,7 @@ class NoDistillation(Method):
         phase = Phase(
             name="student",
             models={"student": student},
-            loss=lambda x, y, idx: self.ce_terms(student(x), y),
+            loss=lambda x, y, idx: labels_only(student(x), y),
             predict=lambda x: {"student": student(x)},
             epochs=cfg.trainer.epochs,
             seed=ctx.seed("student"),
