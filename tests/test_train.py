@@ -1,0 +1,98 @@
+"""The shared training loop: same numbers as a plain PyTorch loop, and exact per-epoch means."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from kdexp import data
+from kdexp.console import PhaseProgress
+from kdexp.train import Loop, NonFiniteLoss, Phase
+
+N, BATCH, EPOCHS, SEED = 44, 8, 3, 7  # 44 = 5 full batches + one of 4: the last batch is short
+
+
+def _dataset() -> data.Dataset:
+    g = torch.Generator().manual_seed(0)
+    split = data.Split(torch.randn(N, 1, 3, 3, generator=g), torch.arange(N) % 3)
+    return data.Dataset("toy", split, split, None, 3)
+
+
+def _loop(dataset, logged=None, fused=False) -> Loop:
+    data_cfg = OmegaConf.create({"batch_size": BATCH, "eval_batch_size": 16, "augment": False})
+    optim = OmegaConf.create({"name": "adam", "lr": 0.01, "weight_decay": 0.0, "fused": fused,
+                              "scheduler": "none"})
+    on_epoch = (lambda phase, epoch, m: logged.append(m)) if logged is not None else (lambda *a: None)
+    return Loop(dataset, data_cfg, optim, PhaseProgress(False), on_epoch)
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(9, 16), torch.nn.ReLU(),
+                               torch.nn.Dropout(0.2), torch.nn.Linear(16, 3))
+
+
+def _plain_pytorch(dataset) -> tuple[torch.nn.Module, list[float]]:
+    """What the loop promises to compute, written the textbook way."""
+    net = _net()
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    generator = torch.Generator().manual_seed(SEED)
+    x, y = dataset.train.x, dataset.train.y
+    means = []
+    for epoch in range(1, EPOCHS + 1):
+        torch.manual_seed(SEED * 10_007 + epoch)
+        order, total = torch.randperm(N, generator=generator), 0.0
+        for start in range(0, N, BATCH):
+            idx = order[start:start + BATCH]
+            loss = F.cross_entropy(net(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        means.append(total / N)
+    return net, means
+
+
+def test_loop_trains_exactly_like_a_plain_pytorch_loop():
+    dataset = _dataset()
+    expected_net, expected_means = _plain_pytorch(dataset)
+    net = _net()
+    phase = Phase("toy", {"toy": net}, lambda x, y, idx: {"loss": F.cross_entropy(net(x), y)},
+                  lambda x: {"toy": net(x)}, epochs=EPOCHS, seed=SEED)
+    history = _loop(dataset).fit(phase)
+    for got, want in zip(net.parameters(), expected_net.parameters()):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert history.metrics["toy/loss"] == pytest.approx(expected_means, rel=1e-6)
+
+
+def test_epoch_metrics_are_sample_weighted_means_of_every_term():
+    """The last batch is shorter; a per-batch mean would over-weight it."""
+    dataset, logged = _dataset(), []
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(9, 3))
+
+    def loss(x, y, idx):
+        return {"loss": F.cross_entropy(net(x), y), "label": y.float().mean(), "index": idx.float().mean()}
+
+    history = _loop(dataset, logged).fit(Phase("toy", {"toy": net}, loss, lambda x: {"toy": net(x)},
+                                               epochs=2, seed=SEED))
+    label_mean = dataset.train.y.float().mean().item()
+    assert history.metrics["toy/label"] == pytest.approx([label_mean] * 2)
+    assert history.metrics["toy/index"] == pytest.approx([(N - 1) / 2] * 2)
+    assert [m["toy/label"] for m in logged] == pytest.approx([label_mean] * 2)
+
+
+def test_a_non_finite_loss_stops_at_its_step():
+    dataset = _dataset()
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(9, 3))
+    calls = []
+
+    def loss(x, y, idx):
+        calls.append(1)
+        value = F.cross_entropy(net(x), y)
+        return {"loss": value * float("nan") if len(calls) == 3 else value}
+
+    with pytest.raises(NonFiniteLoss, match=r"phase 'toy' at epoch 1, step 3"):
+        _loop(dataset).fit(Phase("toy", {"toy": net}, loss, lambda x: {"toy": net(x)}, epochs=2, seed=SEED))
+    assert len(calls) == 3
