@@ -95,6 +95,7 @@ class Context:
         self.checkpoints = checkpoints
         self.store = store
         self.histories: dict[str, History] = {}
+        self.store_keys: dict[str, str] = {}  # role → store key of the model the store served for it
         self.loop = Loop(dataset, cfg.data, cfg.optim, PhaseProgress(cfg.trainer.progress), self._log_epoch,
                          precision=cfg.trainer.precision)
 
@@ -164,6 +165,7 @@ class Context:
                                          precision=self.cfg.trainer.precision)
         label = f"{role} {models_mod.describe(model_cfg)}"
         source, store_run, generic = self.store.get_or_train(key, payload, label, model.load_state_dict, train)
+        self.store_keys[role] = key
         self.run.tags({f"kdexp.{role}.source": source, f"kdexp.{role}.lineage": store_run})
         if source == "store":
             history = History(_with_prefix(generic, role))
@@ -186,22 +188,43 @@ class Context:
         """The student trained alone from the same initialisation and schedule as `init_role`."""
         return self.supervised(model_cfg, role, init_role, self.cfg.trainer.epochs, self.augment_students)[1]
 
-    def frozen_logits(self, model: nn.Module) -> FrozenLogits:
+    def frozen_logits(self, model: nn.Module, role: str | None = None) -> FrozenLogits:
         """`(x, idx) → logits` of a frozen model. When students see unaugmented inputs the logits of
         the whole training split are computed once and looked up by index; otherwise per batch.
         Per batch, the loop's autocast applies; the cache is computed under the same precision and
-        kept as float32 on the data's device."""
+        kept as float32 on the data's device. A model the store served under `role` keeps its
+        cache in the store too, so every student of a sweep reuses one pass over the data."""
         if self.augment_students:
             def per_batch(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
                 with torch.no_grad():
                     return model(x)
             return per_batch
         model.eval()
-        with torch.no_grad(), autocast(self.device, self.cfg.trainer.precision):
-            train = self.dataset.train
-            bs = self.cfg.data.eval_batch_size
-            cached = torch.cat([model(x).float() for x, _ in data_mod.eval_batches(train, bs)])
+
+        def compute() -> torch.Tensor:
+            with torch.no_grad(), autocast(self.device, self.cfg.trainer.precision):
+                batches = data_mod.eval_batches(self.dataset.train, self.cfg.data.eval_batch_size)
+                return torch.cat([model(x).float() for x, _ in batches])
+
+        cached = self._stored_logits(role, compute) if role in self.store_keys else compute()
         return lambda x, idx: cached[idx]
+
+    def _stored_logits(self, role: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """`compute()`'s logits of the stored model served under `role`, from the store or into it."""
+        key, payload = store_mod.logits_key_for(self.store_keys[role], self.cfg.trainer.precision)
+        logits: dict[str, torch.Tensor] = {}
+
+        def fill() -> tuple[dict, dict]:
+            logits["train"] = compute()
+            return {"train": logits["train"].cpu()}, {}
+
+        def load(state: dict) -> None:
+            logits["train"] = state["train"].to(self.device)
+
+        label = f"logits of {role} {self.store_keys[role][:8]}"
+        source, _, _ = self.store.get_or_train(key, payload, label, load, fill)
+        self.run.tags({f"kdexp.{role}.logits": "store" if source == "store" else "computed"})
+        return logits["train"]
 
     def val_acc(self, history: History, name: str) -> float | None:
         key = f"{name}/val_acc"

@@ -1,11 +1,13 @@
-"""Content-addressed store of trained models (teachers, student-alone baselines).
+"""Content-addressed store of trained models (teachers, student-alone baselines) and of the
+training-split logits of those models, which the students of a sweep share.
 
 A model is keyed by everything that determines its trained weights: its config, the data config
 (augmentation included), the optimiser, the epochs, the seed its init and batch order come from,
 and `ROUTINE_VERSION`, bumped whenever the training routine changes its numerics. Entries are
-MLflow runs in a store experiment (`<tracking.experiment>-store`) holding `model.pt` (a state dict)
-and `history.json`, found by the tag `kdexp.store_key`: so the store works the same on a local
-sqlite store and on a remote tracking server. A file lock per key makes parallel jobs of a sweep
+MLflow runs in a store experiment (`<tracking.experiment>-store`) holding `model.pt` (a state
+dict; `{"train": logits}` for a logits entry) and `history.json`, found by the tag
+`kdexp.store_key`: so the store works the same on a local sqlite store and on a remote tracking
+server. A file lock per key makes parallel jobs of a sweep
 train each model once: the first trains, the others wait and load.
 """
 
@@ -44,6 +46,15 @@ def key_for(model_cfg, data_cfg, optim_cfg, epochs: int, augment: bool, seed: in
     }
     if str(precision) != "32":
         payload["precision"] = str(precision)
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return digest[:24], payload
+
+
+def logits_key_for(model_key: str, precision: str = "32") -> tuple[str, dict]:
+    """(hex key, payload) of the training-split logits of the stored model `model_key`. They depend
+    on that model and on the training split, and the data config that fixes the split is already
+    in `model_key`; the precision they are computed in is added."""
+    payload = {"logits_of": model_key, "split": "train", "precision": str(precision), "routine": ROUTINE_VERSION}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     return digest[:24], payload
 

@@ -68,3 +68,24 @@ def test_changed_teacher_is_a_miss(store):
     _, other = run_experiment(["tracking.log_model=false", "teacher.fc=64"])
     assert other.data.tags["kdexp.teacher.source"] == "trained"
     assert other.data.tags["kdexp.baseline.source"] == "store"
+
+
+def test_teacher_logits_computed_once_and_shared_by_later_students(store):
+    """Unaugmented students of a sweep share one pass of the teacher over the training split; the
+    stored logits are the computed ones (same student as a run that computes its own)."""
+    quiet = ["tracking.log_model=false", "data.augment=false", "trainer.baseline=false"]
+    _, first = run_experiment([*quiet, "loss.temperature=2"])
+    _, second = run_experiment([*quiet, "loss.temperature=8"])
+    assert first.data.tags["kdexp.teacher.logits"] == "computed"
+    assert second.data.tags["kdexp.teacher.logits"] == "store"
+    assert len(_store_entries("logits of teacher")) == 1
+    _, alone = run_experiment([*quiet, "loss.temperature=8", "store.reuse=false", "trainer.rerun=force"])
+    assert alone.data.tags["kdexp.teacher.logits"] == "computed"
+    assert alone.data.metrics["student_acc"] == second.data.metrics["student_acc"]
+    assert alone.data.metrics["student/loss"] == second.data.metrics["student/loss"]
+
+
+def test_augmented_students_take_the_teacher_per_batch_and_store_no_logits(store):
+    _, run = run_experiment(["tracking.log_model=false", "data.augment=true", "trainer.baseline=false"])
+    assert "kdexp.teacher.logits" not in run.data.tags
+    assert _store_entries("logits of") == []

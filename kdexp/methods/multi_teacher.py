@@ -22,7 +22,7 @@ class MultiTeacher(Method):
             teacher_accs.append(hist.last(f"teacher{i}/test_acc"))
         baseline_hist = ctx.baseline(cfg.student, "student") if cfg.trainer.baseline else None
         student = ctx.build(cfg.student, "student")
-        logit_fns = [ctx.frozen_logits(t) for t in teachers]
+        logit_fns = [ctx.frozen_logits(t, f"teacher{i}") for i, t in enumerate(teachers)]
         T, alpha, aggregate = loss_cfg.temperature, loss_cfg.alpha, loss_cfg.aggregate
         weights = list(loss_cfg.weights) if aggregate == "weighted" else None
         phase = Phase(

@@ -98,7 +98,7 @@ class SelfDistillation(Method):
         gen0.eval().requires_grad_(False)
         gens, hists = [gen0], [hist0]
         for k in range(1, self.cfg.generations + 1):
-            teacher_logits = ctx.frozen_logits(gens[-1])
+            teacher_logits = ctx.frozen_logits(gens[-1], f"gen{k - 1}")
             role = f"gen{k}"
             model = ctx.build(cfg.student, role)
             phase = Phase(

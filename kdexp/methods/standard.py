@@ -16,7 +16,7 @@ class Standard(Method):
         teacher, teacher_hist = ctx.teacher(cfg.teacher, "teacher")
         baseline_hist = ctx.baseline(cfg.student, "student") if cfg.trainer.baseline else None
         student = ctx.build(cfg.student, "student")
-        teacher_logits = ctx.frozen_logits(teacher)
+        teacher_logits = ctx.frozen_logits(teacher, "teacher")
         T, alpha = self.cfg.temperature, self.cfg.alpha
         phase = Phase(
             name="student",
