@@ -174,6 +174,9 @@ class TrainerConfig:
     precision: str = "32"
     # Intra-op threads for torch; 0 = torch's default (in a parallel sweep: cores / jobs).
     threads: int = 0
+    # torch.compile every model (nn.Module.compile: state dicts, checkpoints and the store are
+    # unchanged). Pays seconds of compilation per model and shape; pays off for big models on GPUs.
+    compile: bool = False
     progress: bool = True
     # What re-running a config that already has a run does: skip = a FINISHED run is not repeated
     # and an interrupted one resumes from its checkpoints; force = always a new run from scratch.

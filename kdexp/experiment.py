@@ -65,13 +65,15 @@ def resolve_device(name: str, precision: str = "32") -> torch.device:
     return device
 
 
-def describe_device(device: torch.device, precision: str) -> str:
-    """`cuda:0 (NVIDIA H100 80GB HBM3), bf16`: where a run trained, for its tags and summary."""
+def describe_device(device: torch.device, precision: str, compiled: bool = False) -> str:
+    """`cuda:0 (NVIDIA H100 80GB HBM3), bf16 autocast, compiled`: where and how a run trained, for
+    its tags and summary."""
     name = str(device)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         name = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    return f"{name}, {'bf16 autocast' if str(precision) == 'bf16' else 'float32'}"
+    how = "bf16 autocast" if str(precision) == "bf16" else "float32"
+    return f"{name}, {how}{', compiled' if compiled else ''}"
 
 
 def _bf16_works(device: torch.device) -> bool:
@@ -106,7 +108,10 @@ class Context:
 
     def build(self, model_cfg, role: str) -> nn.Module:
         model = models_mod.build(model_cfg, self.dataset.input_shape, self.dataset.num_classes, self.seed(role))
-        return model.to(self.device)
+        model = model.to(self.device)
+        if self.cfg.trainer.compile:
+            model.compile()  # in place: parameter names, hence state dicts, stay those of the model
+        return model
 
     @staticmethod
     def describe(model_cfg) -> str:
@@ -328,7 +333,7 @@ def run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None = None,
         resume_id = previous.run_id if previous is not None else None
         tags = {**run_tags(cfg, overrides), "kdexp.run_key": key,
                 "kdexp.role": "job" if parent_run_id else "single",
-                "kdexp.device": describe_device(device, cfg.trainer.precision)}
+                "kdexp.device": describe_device(device, cfg.trainer.precision, cfg.trainer.compile)}
         run = tracking.Run(cfg.tracking, default_run_name(cfg, overrides), tags, parent_run_id, resume_id)
         if resume_id:
             console.print(f"kdexp: resuming MLflow run {resume_id} ({previous.status}) from its checkpoints")
@@ -365,7 +370,7 @@ def _track(cfg, hydra_dir, dataset, device, run, checkpoints, started: float) ->
     except BaseException as err:
         run.fail(err)
         raise
-    rows = outcome.rows + [("device", describe_device(device, cfg.trainer.precision)), ("wall time", f"{wall:.1f} s")]
+    rows = outcome.rows + [("device", describe_device(device, cfg.trainer.precision, cfg.trainer.compile)), ("wall time", f"{wall:.1f} s")]
     summary(f"kdexp · {cfg.loss.name} · {cfg.data.name}", rows,
             [f"MLflow run {run.run_id} in experiment '{cfg.tracking.experiment}' ({run.uri})",
              f"open the UI: {run.ui_hint()}"])

@@ -96,3 +96,26 @@ def test_a_non_finite_loss_stops_at_its_step():
     with pytest.raises(NonFiniteLoss, match=r"phase 'toy' at epoch 1, step 3"):
         _loop(dataset).fit(Phase("toy", {"toy": net}, loss, lambda x: {"toy": net(x)}, epochs=2, seed=SEED))
     assert len(calls) == 3
+
+
+def test_compile_trains_compiled_models_that_match_eager_ones(store):
+    """`trainer.compile=true`: the models run through torch.compile (graphs are made), the run ends
+    with the same accuracy as eager up to rounding, and the compiled student exports to MLflow."""
+    import mlflow
+    import torch._dynamo
+
+    from conftest import run_experiment
+
+    small = ["model@teacher=mlp", "model@student=mlp", "data.augment=false", "trainer.teacher_augment=false",
+             "trainer.baseline=false"]
+    _, eager = run_experiment([*small, "tracking.log_model=false"])
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    _, compiled = run_experiment([*small, "trainer.compile=true", "store.reuse=false"])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # at least teacher and student
+    assert compiled.data.tags["kdexp.device"] == "cpu, float32, compiled"
+    assert compiled.data.params["trainer.compile"] == "True"
+    assert abs(compiled.data.metrics["student_acc"] - eager.data.metrics["student_acc"]) <= 1.0
+    assert abs(compiled.data.metrics["teacher_acc"] - eager.data.metrics["teacher_acc"]) <= 1.0
+    loaded = mlflow.pytorch.load_model(f"runs:/{compiled.info.run_id}/student")
+    assert loaded(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
