@@ -7,6 +7,7 @@ frozen model's logits. It logs every epoch to the run and keeps the curves for t
 
 from __future__ import annotations
 
+import gc
 import time
 import zlib
 from pathlib import Path
@@ -310,6 +311,17 @@ def run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None = None,
     The run's identity is its config (`checkpoint.run_key`). With `trainer.rerun=skip` (default) a
     FINISHED run of the same config is not repeated, and an interrupted one (RUNNING after a crash,
     FAILED, KILLED) is resumed in place from its checkpoints; `trainer.rerun=force` starts anew."""
+    try:
+        return _run(cfg, overrides, hydra_dir, parent_run_id)
+    finally:
+        # A run's objects hold reference cycles (the context logs through its own bound method,
+        # phases close over their models), which only the cyclic collector frees, and it counts
+        # objects, not bytes. Without this, each job of an in-process sweep (Hydra's basic
+        # launcher, a joblib worker) kept the data set and models of the jobs before it.
+        gc.collect()
+
+
+def _run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None, parent_run_id: str | None) -> float:
     from kdexp import tracking
     from kdexp.checkpoint import run_key, run_lock
 

@@ -68,3 +68,25 @@ def test_a_run_that_raises_ends_failed_with_the_error(store, monkeypatch):
     run = mlflow.search_runs(experiment_names=["kdexp"], output_format="list")[0]
     assert run.info.status == "FAILED"
     assert "kaboom" in run.data.tags["error"]
+
+
+def test_a_finished_run_frees_its_data_and_models(store, monkeypatch):
+    """Jobs of an in-process sweep run one after another: the next job must not find the data set
+    (and the models) of the previous one still in memory. The cyclic collector is switched off, so
+    only the run's own cleanup can free them."""
+    import gc
+    import weakref
+
+    from kdexp import data
+
+    loaded = []
+    real_load = data.load
+    monkeypatch.setattr(data, "load", lambda cfg: loaded.append(real_load(cfg)) or loaded[-1])
+    gc.collect()
+    gc.disable()
+    try:
+        run_experiment(["tracking.log_model=false", "trainer.baseline=false"])
+        images = weakref.ref(loaded.pop().train.x)
+        assert images() is None
+    finally:
+        gc.enable()
