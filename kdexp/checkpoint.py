@@ -36,8 +36,12 @@ class CheckpointError(ConfigError):
     """A checkpoint file that cannot be read; the message names the file and the cause."""
 
 
-def run_key(cfg) -> str:
+def run_key(cfg, device: str | None = None) -> str:
+    """Hash of the resolved config without the settings in `_NOT_IDENTITY`. `device` is what
+    `trainer.device` resolved to here, so that `auto` and the device it picks are one run."""
     plain = OmegaConf.to_container(cfg, resolve=True)
+    if device is not None:
+        plain["trainer"]["device"] = device
     for section, keys in _NOT_IDENTITY.items():
         if keys is None:
             plain.pop(section, None)

@@ -333,7 +333,7 @@ def _run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None, parent_r
     check_models_fit(cfg, dataset)
     dataset = dataset.to(device)
     tracking.prepare(cfg.tracking.uri, cfg.tracking.experiment)
-    key = run_key(cfg)
+    key = run_key(cfg, device.type)
     with run_lock(cfg.trainer.checkpoint_dir, key):
         previous = tracking.find_run(cfg.tracking.experiment, key) if cfg.trainer.rerun == "skip" else None
         if previous is not None and previous.status == "FINISHED":

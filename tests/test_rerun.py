@@ -40,6 +40,14 @@ def test_run_key_ignores_presentation_settings_only():
     assert run_key(compose_cfg(["seed=1"])) != base
 
 
+def test_auto_device_is_the_same_run_as_the_device_it_picks(store):
+    assert run_key(compose_cfg(["trainer.device=auto"]), "cpu") == run_key(compose_cfg(), "cpu")
+    experiment.run(compose_cfg(["tracking.log_model=false"]), [])
+    experiment.run(compose_cfg(["tracking.log_model=false", "trainer.device=auto"]), [])
+    # Without a GPU, auto is cpu: the second run is skipped as already FINISHED; with one, it is new.
+    assert len(_runs()) == (1 if experiment.resolve_device("auto").type == "cpu" else 2)
+
+
 def test_tampered_checkpoint_is_refused_with_one_line(tmp_path):
     ckpts = Checkpoints(tmp_path, "key", "run")
     ckpts.save("student", {"epoch": 1})
