@@ -7,8 +7,8 @@ and `ROUTINE_VERSION`, bumped whenever the training routine changes its numerics
 MLflow runs in a store experiment (`<tracking.experiment>-store`) holding `model.pt` (a state
 dict; `{"train": logits}` for a logits entry) and `history.json`, found by the tag
 `kdexp.store_key`: so the store works the same on a local sqlite store and on a remote tracking
-server. A file lock per key makes parallel jobs of a sweep
-train each model once: the first trains, the others wait and load.
+server. A file lock per key makes parallel jobs of a sweep train each model once: the first
+trains, the others wait and load.
 """
 
 from __future__ import annotations
