@@ -29,12 +29,22 @@ from kdexp.store import ModelStore
 from kdexp.train import History, Loop, Phase, autocast
 
 def _without_prefix(metrics: dict[str, list[float]], role: str) -> dict[str, list[float]]:
-    """`{'teacher/loss': ...}` → `{'loss': ...}`: store entries are independent of the role name."""
-    return {k.removeprefix(f"{role}/"): v for k, v in metrics.items()}
+    """Store entries are independent of the role name: `teacher/loss` → `loss`, and a model named
+    after the role (`baseline_exit1/test_acc`, a multi-exit net's exit) → `_exit1/test_acc`."""
+    out = {}
+    for key, value in metrics.items():
+        if key.startswith(f"{role}/"):
+            out[key.removeprefix(f"{role}/")] = value
+        elif key.startswith(f"{role}_"):
+            out[key.removeprefix(role)] = value
+        else:
+            raise ValueError(f"metric {key!r} of phase {role!r} does not carry the phase's name")
+    return out
 
 
 def _with_prefix(metrics: dict[str, list[float]], role: str) -> dict[str, list[float]]:
-    return {f"{role}/{k}": v for k, v in metrics.items()}
+    """The inverse of `_without_prefix` for `role`."""
+    return {(f"{role}{k}" if k.startswith("_") else f"{role}/{k}"): v for k, v in metrics.items()}
 
 
 FrozenLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -160,27 +170,33 @@ class Context:
             seed=seed,
             augment=augment,
         )
+        key = store_mod.key_for(model_cfg, self.cfg.data, self.cfg.optim, epochs, augment, seed,
+                                precision=self.cfg.trainer.precision)
+        return model, self.train_stored(phase, model, key, f"{role} {models_mod.describe(model_cfg)}")
+
+    def train_stored(self, phase: Phase, model: nn.Module, key: tuple[str, dict], label: str) -> History:
+        """Train `phase`, whose one model is `model`, unless the store has it under `key`
+        (`store_mod.key_for`): then load the weights and log the stored curves as this run's."""
+        role = phase.name
         if self.store is None:
-            return model, self.train(phase)
+            return self.train(phase)
 
         def train() -> tuple[dict, dict]:
             history = self.train(phase)
             return model.state_dict(), _without_prefix(history.metrics, role)
 
-        key, payload = store_mod.key_for(model_cfg, self.cfg.data, self.cfg.optim, epochs, augment, seed,
-                                         precision=self.cfg.trainer.precision)
-        label = f"{role} {models_mod.describe(model_cfg)}"
-        source, store_run, generic = self.store.get_or_train(key, payload, label, model.load_state_dict, train)
-        self.store_keys[role] = key
+        digest, payload = key
+        source, store_run, generic = self.store.get_or_train(digest, payload, label, model.load_state_dict, train)
+        self.store_keys[role] = digest
         self.run.tags({f"kdexp.{role}.source": source, f"kdexp.{role}.lineage": store_run})
         if source == "store":
             history = History(_with_prefix(generic, role))
             for epoch in range(1, len(history.metrics.get(f"{role}/loss", [])) + 1):
                 self.run.metrics({k: v[epoch - 1] for k, v in history.metrics.items()}, step=epoch)
             self.histories[role] = history
-            console.print(f"[bold]{role}[/bold]: loaded from the model store (run {store_run}, key {key[:8]})")
-            return model, history
-        return model, self.histories[role]
+            console.print(f"[bold]{role}[/bold]: loaded from the model store (run {store_run}, key {digest[:8]})")
+            return history
+        return self.histories[role]
 
     def teacher(self, model_cfg, role: str = "teacher") -> tuple[nn.Module, History]:
         """A teacher trained on labels, returned frozen (eval mode, no gradients)."""

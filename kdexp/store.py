@@ -30,11 +30,13 @@ _DATA_KEYS_IGNORED = ("root", "download", "eval_batch_size")
 
 
 def key_for(model_cfg, data_cfg, optim_cfg, epochs: int, augment: bool, seed: int,
-            precision: str = "32") -> tuple[str, dict]:
+            precision: str = "32", variant: str | None = None) -> tuple[str, dict]:
     """(hex key, the payload it hashes) for a model trained on labels alone. The device and
     `trainer.compile` are not part of the key (a teacher trained compiled on a GPU serves an eager
     CPU run: the same training up to float rounding); the precision is (bf16 ≠ float32 weights),
-    and only when it is not the default, so float32 keys stay what they were."""
+    and only when it is not the default, so float32 keys stay what they were. `variant` names a
+    model trained some other way than a plain model on its labels (e.g. the exits of a multi-exit
+    net); None keeps the keys of plain models what they were."""
     data = {k: v for k, v in OmegaConf.to_container(data_cfg, resolve=True).items() if k not in _DATA_KEYS_IGNORED}
     payload = {
         "model": OmegaConf.to_container(model_cfg, resolve=True),
@@ -47,6 +49,8 @@ def key_for(model_cfg, data_cfg, optim_cfg, epochs: int, augment: bool, seed: in
     }
     if str(precision) != "32":
         payload["precision"] = str(precision)
+    if variant is not None:
+        payload["variant"] = variant
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     return digest[:24], payload
 

@@ -136,6 +136,26 @@ def test_byot_with_alpha_one_equals_its_baseline(store):
     assert run.data.metrics["kd_gain"] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_byot_sweep_trains_its_baseline_once(store):
+    """The labels-only multi-exit baseline depends on nothing a T x alpha sweep changes: the second
+    job loads it from the store, with the same exit accuracies and its curves logged again."""
+    small = ["loss=self", "student.channels=[8,16]", *NO_MODEL]
+    _, first = run_experiment([*small, "loss.alpha=0.3"])
+    _, second = run_experiment([*small, "loss.alpha=0.7", "loss.temperature=2"])
+    assert first.data.tags["kdexp.baseline.source"] == "trained"
+    assert second.data.tags["kdexp.baseline.source"] == "store"
+    assert first.data.tags["kdexp.baseline.lineage"] == second.data.tags["kdexp.baseline.lineage"]
+    for key in ("exit1_baseline_acc", "exit2_baseline_acc", "baseline_mean_acc"):
+        assert second.data.metrics[key] == first.data.metrics[key], key
+    assert second.data.metrics["exit1_acc"] != first.data.metrics["exit1_acc"]  # the students differ
+    client = mlflow.MlflowClient()
+    for key in ("baseline_exit1/test_acc", "baseline_exit2/test_acc", "baseline/loss"):
+        assert [h.step for h in client.get_metric_history(second.info.run_id, key)] == [1], key
+    # ... but not with a plain cnn baseline of the same student, which is another model
+    _, plain = run_experiment(["model@student=cnn", "student.channels=[8,16]", *NO_MODEL])
+    assert plain.data.tags["kdexp.baseline.source"] == "trained"
+
+
 def test_born_again_reports_generations_and_their_ensemble(store):
     objective, run = run_experiment(["loss=self", "loss.mode=born_again", "loss.generations=2",
                                      "model@student=mlp", "student.hidden=[32]", *NO_MODEL])

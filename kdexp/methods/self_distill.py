@@ -14,6 +14,7 @@ initialisations keep the generations diverse enough for their ensemble to pay.
 
 from __future__ import annotations
 
+from kdexp import store as store_mod
 from kdexp.losses import hinton, self_distill
 from kdexp.methods.base import Method, Outcome, register
 from kdexp.models import count_params, multi_exit
@@ -47,11 +48,21 @@ class SelfDistillation(Method):
         return Phase(name=name, models={name: model}, loss=loss, predict=predict,
                      epochs=ctx.cfg.trainer.epochs, seed=ctx.seed("student"), augment=ctx.augment_students)
 
+    def _byot_baseline(self):
+        """The multi-exit net with every exit on the labels alone: nothing of `loss` but the mode
+        shapes it, so the jobs of a T x alpha sweep share one, through the store."""
+        ctx, cfg = self.ctx, self.ctx.cfg
+        net = self._multi_exit()
+        phase = self._exit_phase("baseline", net, "baseline_", 1.0, 0.0)
+        key = store_mod.key_for(cfg.student, cfg.data, cfg.optim, phase.epochs, phase.augment, phase.seed,
+                                precision=cfg.trainer.precision, variant="byot exits on labels")
+        return ctx.train_stored(phase, net, key, f"baseline byot {ctx.describe(cfg.student)}")
+
     def byot(self) -> Outcome:
         ctx = self.ctx
         base_hist = None
         if ctx.cfg.trainer.baseline:  # same net, init and batch order; every exit on the labels alone
-            base_hist = ctx.train(self._exit_phase("baseline", self._multi_exit(), "baseline_", 1.0, 0.0))
+            base_hist = self._byot_baseline()
         student = self._multi_exit()
         hist = ctx.train(self._exit_phase("student", student, "", self.cfg.alpha, self.cfg.feature_weight))
 
