@@ -12,8 +12,6 @@ kdexp cannot be faster than this on the same machine.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 _STARTED = time.perf_counter()
@@ -22,7 +20,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torchvision import datasets  # noqa: E402
 
-from reference_article import StudentModel, TeacherModel, distillation_loss  # noqa: E402
+from reference_article import StudentModel, TeacherModel, distillation_loss, parse_args, report  # noqa: E402
 
 MEAN, STD = 0.1307, 0.3081  # the article's Normalize
 
@@ -65,15 +63,7 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", required=True, help="folder holding MNIST/raw/*-ubyte")
-    parser.add_argument("--epochs", type=int, default=5, help="student epochs (article: 5)")
-    parser.add_argument("--teacher-epochs", type=int, default=5, help="teacher epochs (article: 5)")
-    parser.add_argument("--temperature", type=float, default=3.0)
-    parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--result", help="write timings and accuracies here as JSON")
-    args = parser.parse_args()
+    args = parse_args(__doc__.splitlines()[0])
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     imported = time.perf_counter()
@@ -97,25 +87,8 @@ def main() -> None:
     teacher_acc, student_acc = accuracy(teacher, test_x, test_y), accuracy(student, test_x, test_y)
     finished = time.perf_counter()
     print(f"teacher {teacher_acc:.2f} %, student {student_acc:.2f} %")
-    result = {
-        "teacher_acc": teacher_acc,
-        "student_acc": student_acc,
-        "train_images": len(train_y),
-        "test_images": len(test_y),
-        "epochs": args.epochs,
-        "teacher_epochs": args.teacher_epochs,
-        "torch_threads": torch.get_num_threads(),
-        "import_s": imported - _STARTED,
-        "load_s": loaded - imported,
-        "teacher_s": teacher_done - loaded,
-        "student_s": student_done - teacher_done,
-        "eval_s": finished - student_done,
-        "in_process_s": finished - _STARTED,
-    }
-    print(json.dumps(result), flush=True)
-    if args.result:
-        with open(args.result, "w") as f:
-            json.dump(result, f, indent=2)
+    report(args, teacher_acc, student_acc, len(train_y), len(test_y),
+           [_STARTED, imported, loaded, teacher_done, student_done, finished])
 
 
 if __name__ == "__main__":

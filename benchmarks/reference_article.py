@@ -110,8 +110,9 @@ def evaluate(model, test_loader):
     return accuracy
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(description: str) -> argparse.Namespace:
+    """The arguments of this script and of `plain_inmemory.py`, which does the same work."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--root", required=True, help="folder holding MNIST/raw/*-ubyte")
     parser.add_argument("--epochs", type=int, default=5, help="student epochs (article: 5)")
     parser.add_argument("--teacher-epochs", type=int, default=5, help="teacher epochs (article: 5)")
@@ -119,7 +120,37 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--result", help="write timings and accuracies here as JSON")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def report(args: argparse.Namespace, teacher_acc: float, student_acc: float, train_images: int,
+           test_images: int, marks: list[float]) -> None:
+    """Print the result as JSON and write it to `--result`. `marks`: perf_counter() at the start,
+    after the imports, the data, the teacher, the student and the evaluation."""
+    started, imported, loaded, teacher_done, student_done, finished = marks
+    result = {
+        "teacher_acc": teacher_acc,
+        "student_acc": student_acc,
+        "train_images": train_images,
+        "test_images": test_images,
+        "epochs": args.epochs,
+        "teacher_epochs": args.teacher_epochs,
+        "torch_threads": torch.get_num_threads(),
+        "import_s": imported - started,
+        "load_s": loaded - imported,
+        "teacher_s": teacher_done - loaded,
+        "student_s": student_done - teacher_done,
+        "eval_s": finished - student_done,
+        "in_process_s": finished - started,
+    }
+    print(json.dumps(result), flush=True)
+    if args.result:
+        with open(args.result, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
     torch.manual_seed(args.seed)
     imported = time.perf_counter()
 
@@ -145,25 +176,8 @@ def main() -> None:
     print(f"知识蒸馏训练的学生模型准确率: {student_acc:.2f}%")
     finished = time.perf_counter()
 
-    result = {
-        "teacher_acc": teacher_acc,
-        "student_acc": student_acc,
-        "train_images": len(train_dataset),
-        "test_images": len(test_dataset),
-        "epochs": args.epochs,
-        "teacher_epochs": args.teacher_epochs,
-        "torch_threads": torch.get_num_threads(),
-        "import_s": imported - _STARTED,
-        "load_s": loaded - imported,
-        "teacher_s": teacher_done - loaded,
-        "student_s": student_done - teacher_done,
-        "eval_s": finished - student_done,
-        "in_process_s": finished - _STARTED,
-    }
-    print(json.dumps(result), flush=True)
-    if args.result:
-        with open(args.result, "w") as f:
-            json.dump(result, f, indent=2)
+    report(args, teacher_acc, student_acc, len(train_dataset), len(test_dataset),
+           [_STARTED, imported, loaded, teacher_done, student_done, finished])
 
 
 if __name__ == "__main__":
