@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from conftest import run_experiment
 from kdexp import data
 from kdexp.console import PhaseProgress
 from kdexp.train import Loop, NonFiniteLoss, Phase
@@ -103,8 +104,6 @@ def test_compile_trains_compiled_models_that_match_eager_ones(store):
     with the same accuracy as eager up to rounding, and the compiled student exports to MLflow."""
     import mlflow
     import torch._dynamo
-
-    from conftest import run_experiment
 
     small = ["model@teacher=mlp", "model@student=mlp", "data.augment=false", "trainer.teacher_augment=false",
              "trainer.baseline=false"]
