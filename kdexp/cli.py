@@ -33,15 +33,20 @@ def group_options(group: str) -> list[str]:
 
 
 def check_group_choices(args: list[str]) -> None:
-    """Refuse `group=unknown` in one line (Hydra's own message spans several lines)."""
+    """Refuse an override Hydra cannot parse, or `group=unknown`, in one line (Hydra's own messages
+    span several lines)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    candidates = [a for a in args if "=" in a and not a.startswith("-")]
-    try:
-        overrides = OverridesParser.create().parse_overrides(candidates)
-    except HydraException:
-        return  # malformed overrides: Hydra reports them itself
+    parser = OverridesParser.create()
+    overrides = []
+    for candidate in (a for a in args if "=" in a and not a.startswith("-")):
+        try:
+            overrides.append(parser.parse_override(candidate))
+        except HydraException as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else "a syntax error"
+            fail(f"{candidate} is not a valid override ({reason}); quote values with special characters, "
+                 "see https://hydra.cc/docs/advanced/override_grammar/basic/")
     for override in overrides:
         group = override.key_or_group
         options = group_options(group)

@@ -4,7 +4,6 @@ a temperature sweep over two seeds, and the one-line errors when there is nothin
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import kdexp, kdexp_env
 from kdexp import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -271,10 +271,8 @@ def test_swept_keys_from_overrides():
 @pytest.mark.slow
 def test_console_entry_in_subprocess(db, tmp_path):
     make_sweep(db, "T×α", "loss.temperature=1,4 loss.alpha=0.1,0.5", GRID)
-    env = {**os.environ, "COLUMNS": "160"}
-    done = subprocess.run([sys.executable, "-m", "kdexp.report", "--out", "rep"], capture_output=True,
-                          text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr
+    env = kdexp_env(tmp_path, {"COLUMNS": "160"})
+    done = kdexp(["--out", "rep"], tmp_path, env={"COLUMNS": "160"}, timeout=120, module="kdexp.report", check=True)
     assert "95.30" in done.stdout and (tmp_path / "rep" / "student_acc.png").is_file()
     script = Path(sys.executable).parent / "kdexp-report"  # the console script, once (re)installed
     entry = [str(script)] if script.exists() else [sys.executable, "-m", "kdexp.report"]

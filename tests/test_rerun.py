@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import FAST, compose_cfg
+from conftest import FAST, compose_cfg, kdexp_env
 from kdexp import experiment
 from kdexp.checkpoint import CheckpointError, Checkpoints, run_key
 
@@ -85,8 +85,7 @@ def test_non_finite_loss_stops_with_phase_epoch_and_step(store):
 
 
 def _cli(args, cwd):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
-    return subprocess.Popen([sys.executable, "-m", "kdexp", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "kdexp", *args], cwd=cwd, env=kdexp_env(cwd),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
