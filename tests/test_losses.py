@@ -44,8 +44,15 @@ def test_hinton_weights_ce_by_alpha_and_kd_by_one_minus_alpha(alpha):
         assert terms["loss"].item() == pytest.approx(kd.item())
 
 
-def test_teacher_gets_no_gradient_through_hinton():
-    s = torch.randn(4, 10, requires_grad=True)
-    t = torch.randn(4, 10, requires_grad=True)
-    hinton(s, t.detach(), torch.randint(0, 10, (4,)), 3.0, 0.5)["loss"].backward()
-    assert s.grad is not None and t.grad is None
+@pytest.mark.parametrize("alpha, T", [(0.5, 3.0), (0.1, 4.0), (1.0, 2.0)])
+def test_hinton_gradient_on_the_student_is_the_textbook_one(alpha, T):
+    """d/dz_s of `alpha·CE + (1-alpha)·T²·KL` is `alpha·(p_s - y)/B + (1-alpha)·T·(p_s^T - p_t^T)/B`:
+    the T² factor is what keeps the soft term's gradient at the scale of the hard one."""
+    s = torch.randn(4, 10, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(4, 10, dtype=torch.float64)
+    y = torch.randint(0, 10, (4,))
+    hinton(s, t, y, T, alpha)["loss"].backward()
+    hard = F.softmax(s.detach(), dim=1) - F.one_hot(y, 10)
+    soft = F.softmax(s.detach() / T, dim=1) - F.softmax(t / T, dim=1)
+    expected = (alpha * hard + (1 - alpha) * T * soft) / 4
+    assert torch.allclose(s.grad, expected, atol=1e-12)
