@@ -32,6 +32,20 @@ SWEEP_ENV = "KDEXP_PARENT_RUN_ID"  # kdexp.tracking.SWEEP_ENV (not imported: tha
 FOREIGN_ENV = ("MLFLOW_TRACKING_URI", SWEEP_ENV, "HYDRA_FULL_ERROR")
 
 
+# What a run leaves in its working folder; the suite must leave none of it in the repository.
+REPOSITORY = Path(__file__).resolve().parents[1]
+LITTER = ("mlflow.db", "mlruns", "outputs")
+_LITTER_BEFORE = {name for name in LITTER if (REPOSITORY / name).exists()}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session when a test wrote a store or outputs into the repository."""
+    left = sorted(name for name in LITTER if (REPOSITORY / name).exists() and name not in _LITTER_BEFORE)
+    if left:
+        print(f"\nkdexp tests: the suite wrote {', '.join(left)} into {REPOSITORY}; a test escaped its folder")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def sqlite_uri(folder: Path) -> str:
     return f"sqlite:///{Path(folder) / 'mlflow.db'}"
 
