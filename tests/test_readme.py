@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 import kdexp
 from conftest import compose_raw
@@ -101,9 +102,16 @@ def test_the_readme_has_the_commands_this_test_checks():
 def test_every_kdexp_command_composes(args, capsys):
     check_group_choices(args)  # kdexp's own one-line check, exactly as `main` runs it
     overrides, _ = first_job(args)
-    cfg = validate(compose_raw(overrides))
-    assert cfg.seed is not None
+    raw = compose_raw(overrides)
+    validate(raw)
     assert capsys.readouterr().err == ""
+    # Each key the command sets has the value it gives (a preset's or group's choice does not win).
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if "." in key and "/" not in key and not key.startswith("hydra.") and override.package is None:
+            value = OmegaConf.select(raw, key)
+            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            assert value == override.value(), f"{key}: {value!r}, the command says {override.value()!r}"
 
 
 def test_a_command_using_a_tilde_would_have_been_caught(capsys):
