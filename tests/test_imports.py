@@ -172,3 +172,16 @@ def test_type_checking_imports_and_relative_imports(tmp_path):
     assert graph["pkg.sub"] == {"pkg.base"}
     assert graph["pkg.sub.leaf"] == {"pkg.base"}  # its own package's names are not an edge
     assert cycles(graph) == []
+
+
+def test_only_the_tracking_module_imports_mlflow():
+    """MLflow is touched from one place (`kdexp/tracking.py`, or a `kdexp/tracking/` subpackage)."""
+    offenders = []
+    for name, path in module_names(PACKAGE_DIR, "kdexp").items():
+        if name == "kdexp.tracking" or name.startswith("kdexp.tracking."):
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        wanted = imported_names(tree, name, path.name == "__init__.py")
+        if any(w == "mlflow" or w.startswith("mlflow.") for w in wanted):
+            offenders.append(name)
+    assert not offenders, f"import mlflow outside kdexp.tracking: {offenders}"
