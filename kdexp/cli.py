@@ -38,9 +38,14 @@ def check_group_choices(args: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    # Hydra's flags whose value is the next word (`-cd DIR`): that word is no override.
+    takes_value = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name",
+                   "-cd", "--config-dir", "--experimental-rerun"}
+    candidates = [a for before, a in zip([None, *args], args)
+                  if "=" in a and not a.startswith("-") and before not in takes_value]
     parser = OverridesParser.create()
     overrides = []
-    for candidate in (a for a in args if "=" in a and not a.startswith("-")):
+    for candidate in candidates:
         try:
             overrides.append(parser.parse_override(candidate))
         except HydraException as err:

@@ -31,6 +31,10 @@ def test_an_override_hydra_cannot_parse_is_one_line_naming_it(override, capsys):
     assert override in err
 
 
+def test_the_value_of_a_hydra_flag_is_no_override():
+    check_group_choices(["-cd", "/configs/a=b", "--cfg", "job", "loss=standard"])  # does not exit
+
+
 @pytest.mark.slow
 def test_an_unparsable_override_on_the_command_line_is_one_line(tmp_path):
     result = kdexp(["data.root=~/datasets"], tmp_path, timeout=120)
