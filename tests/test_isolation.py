@@ -39,3 +39,10 @@ def test_subprocesses_get_the_folders_store_and_no_inherited_sweep(tmp_path, mon
     env = kdexp_env(tmp_path / "job", {"COLUMNS": "100", "HOME": None})
     assert env["MLFLOW_TRACKING_URI"] == sqlite_uri(tmp_path / "job")
     assert "KDEXP_PARENT_RUN_ID" not in env and "HOME" not in env and env["COLUMNS"] == "100"
+
+
+def test_the_sweep_variable_the_fixture_clears_is_kdexps():
+    from conftest import SWEEP_ENV
+    from kdexp import tracking
+
+    assert SWEEP_ENV == tracking.SWEEP_ENV
