@@ -50,7 +50,9 @@ def check_group_choices(args: list[str]) -> None:
             overrides.append(parser.parse_override(candidate))
         except HydraException as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else "a syntax error"
-            fail(f"{candidate} is not a valid override ({reason}); quote values with special characters, "
+            hint = ("write $HOME/... or an absolute path: the shell does not expand ~ there"
+                    if "~/" in candidate.partition("=")[2] else "quote values with special characters")
+            fail(f"{candidate} is not a valid override ({reason}); {hint}, "
                  "see https://hydra.cc/docs/advanced/override_grammar/basic/")
     for override in overrides:
         group = override.key_or_group

@@ -29,6 +29,7 @@ def test_an_override_hydra_cannot_parse_is_one_line_naming_it(override, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("kdexp: error: "), err
     assert override in err
+    assert ("$HOME" in err) == ("~" in override)  # the fix for a home folder is named
 
 
 def test_the_value_of_a_hydra_flag_is_no_override():
