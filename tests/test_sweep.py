@@ -14,9 +14,9 @@ pytestmark = pytest.mark.slow
 QUIET = [*FAST, "data.limit_train=300", "tracking.log_model=false"]
 
 
-def kdexp(args, cwd):
+def kdexp(args, cwd, timeout=600):
     """The command line, expected to succeed."""
-    return _kdexp(args, cwd, check=True)
+    return _kdexp(args, cwd, timeout=timeout, check=True)
 
 
 def runs_of(cwd, experiment="kdexp"):
