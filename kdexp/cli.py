@@ -33,15 +33,27 @@ def group_options(group: str) -> list[str]:
 
 
 def check_group_choices(args: list[str]) -> None:
-    """Refuse `group=unknown` in one line (Hydra's own message spans several lines)."""
+    """Refuse an override Hydra cannot parse, or `group=unknown`, in one line (Hydra's own messages
+    span several lines)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    candidates = [a for a in args if "=" in a and not a.startswith("-")]
-    try:
-        overrides = OverridesParser.create().parse_overrides(candidates)
-    except HydraException:
-        return  # malformed overrides: Hydra reports them itself
+    # Hydra's flags whose value is the next word (`-cd DIR`): that word is no override.
+    takes_value = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name",
+                   "-cd", "--config-dir", "--experimental-rerun"}
+    candidates = [a for before, a in zip([None, *args], args)
+                  if "=" in a and not a.startswith("-") and before not in takes_value]
+    parser = OverridesParser.create()
+    overrides = []
+    for candidate in candidates:
+        try:
+            overrides.append(parser.parse_override(candidate))
+        except HydraException as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else "a syntax error"
+            hint = ("write $HOME/... or an absolute path: the shell does not expand ~ there"
+                    if "~/" in candidate.partition("=")[2] else "quote values with special characters")
+            fail(f"{candidate} is not a valid override ({reason}); {hint}, "
+                 "see https://hydra.cc/docs/advanced/override_grammar/basic/")
     for override in overrides:
         group = override.key_or_group
         options = group_options(group)

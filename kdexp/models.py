@@ -1,5 +1,7 @@
-"""Model builders. Every model is a sequence of `stages` followed by a `head`, so that any
-of them can be cut into exits for self-distillation without knowing its architecture."""
+"""Model builders: `build(cfg, ...)` finds the family by `cfg.name` (MLP and CNN here, CIFAR ResNets
+in `resnets.py`, torchvision models in `tv_models.py`), and multi-exit nets for self-distillation.
+Every model is a `StagedNet` (`staged.py`): a sequence of `stages` followed by a `head`, so that any
+of them can be cut into exits without knowing its architecture."""
 
 from __future__ import annotations
 
@@ -8,30 +10,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from kdexp import resnets, tv_models
 from kdexp.config import ConfigError
+from kdexp.staged import StagedNet
 
-
-class StagedNet(nn.Module):
-    """`head(stage_k(... stage_1(x)))`; `features(x)` returns every stage's output."""
-
-    def __init__(self, stages: list[nn.Module], head: nn.Module, stem: nn.Module | None = None):
-        super().__init__()
-        self.stem = stem or nn.Identity()
-        self.stages = nn.ModuleList(stages)
-        self.head = head
-
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out, h = [], self.stem(x)
-        for stage in self.stages:
-            h = stage(h)
-            out.append(h)
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.stem(x)
-        for stage in self.stages:
-            h = stage(h)
-        return self.head(h)
+__all__ = ["BUILDERS", "DESCRIBERS", "ExitHead", "MultiExit", "StagedNet", "build", "count_params",
+           "describe", "multi_exit", "pooled"]
 
 
 def _mlp(cfg, input_shape: tuple[int, ...], num_classes: int) -> StagedNet:
@@ -68,7 +52,10 @@ def _cnn(cfg, input_shape: tuple[int, ...], num_classes: int) -> StagedNet:
     return StagedNet(stages, head)
 
 
-BUILDERS: dict[str, Callable[..., nn.Module]] = {"mlp": _mlp, "cnn": _cnn}
+# Model families by `model.name`: a builder of the net, and a short name for tags and tables.
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": _mlp, "cnn": _cnn, "resnet": resnets.build, "torchvision": tv_models.build}
+DESCRIBERS: dict[str, Callable[..., str]] = {"resnet": resnets.describe, "torchvision": tv_models.describe}
 
 
 def build(cfg, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
@@ -82,10 +69,6 @@ def build(cfg, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-# Short names of the model families that register them (`resnet8x4`, `resnet18`).
-DESCRIBERS: dict[str, Callable[..., str]] = {}
 
 
 def describe(cfg) -> str:
@@ -195,8 +178,3 @@ def multi_exit(net: StagedNet, input_shape: tuple[int, ...], num_classes: int, s
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return MultiExit(net, tuple(input_shape), num_classes).to(next(net.parameters()).device)
-
-
-# CIFAR ResNets and torchvision models live in their own modules, which import StagedNet from
-# here and register themselves in BUILDERS / DESCRIBERS.
-from kdexp import resnets, tv_models  # noqa: E402,F401

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdexp.models import BUILDERS, DESCRIBERS, StagedNet
+from kdexp.staged import StagedNet
 
 NARROW = [16, 16, 32, 64]
 WIDE = [32, 64, 128, 256]  # the "x4" nets of the benchmark
@@ -89,7 +89,3 @@ def describe(cfg) -> str:
     if widths == WIDE:
         return f"resnet{cfg.depth}x4"
     return f"resnet{cfg.depth}[{','.join(str(w) for w in widths)}]"
-
-
-BUILDERS["resnet"] = build
-DESCRIBERS["resnet"] = describe

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from kdexp.config import ConfigError
-from kdexp.models import BUILDERS, DESCRIBERS, StagedNet
+from kdexp.staged import StagedNet
 
 
 class _SpatialMean(nn.Module):
@@ -252,7 +252,3 @@ def build(cfg, input_shape: tuple[int, ...], num_classes: int) -> StagedNet:
 
 def describe(cfg) -> str:
     return f"{cfg.arch}{'(pretrained)' if cfg.pretrained else ''}"
-
-
-BUILDERS["torchvision"] = build
-DESCRIBERS["torchvision"] = describe

@@ -3,25 +3,14 @@
 A FINISHED run is made first in the same folder and store; after each bad command it must be
 exactly as it was (status, metrics, artifacts) and no other run may have appeared in the store."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 
-from conftest import FAST
+from conftest import FAST, kdexp
 
 pytestmark = pytest.mark.slow
-
-
-def kdexp(args, cwd, timeout=180):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "kdexp", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def snapshot(cwd):
@@ -77,7 +66,7 @@ BAD = [
 @pytest.mark.parametrize("args, needle", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_input(folder, args, needle):
     cwd, before = folder
-    result = kdexp([*FAST, *args], cwd)
+    result = kdexp([*FAST, *args], cwd, timeout=180)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode != 0
     assert len(lines) == 1, result.stderr

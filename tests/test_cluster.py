@@ -21,7 +21,7 @@ import pytest
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from conftest import FAST
+from conftest import FAST, kdexp, sqlite_uri
 from kdexp import tracking
 from kdexp.config import ConfigError
 from kdexp.sweep import parent_for_job, sweep_dir_of, threads_per_job
@@ -110,13 +110,6 @@ def test_launcher_choices_from_plugins_pass_the_group_check():
 # --- end to end ------------------------------------------------------------------------------
 
 
-def kdexp(args, cwd, env, timeout=300):
-    result = subprocess.run([sys.executable, "-m", "kdexp", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
 def assert_one_parent_two_finished_children_one_teacher(uri):
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("kdexp")
@@ -137,10 +130,9 @@ def assert_one_parent_two_finished_children_one_teacher(uri):
 @pytest.mark.slow
 def test_submitit_local_sweep_two_jobs_under_one_parent(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     kdexp(["-m", "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1",
-           "hydra.launcher.timeout_min=10", "loss.temperature=2,4", *QUIET], tmp_path, env)
-    parent, children = assert_one_parent_two_finished_children_one_teacher(env["MLFLOW_TRACKING_URI"])
+           "hydra.launcher.timeout_min=10", "loss.temperature=2,4", *QUIET], tmp_path, timeout=300, check=True)
+    parent, children = assert_one_parent_two_finished_children_one_teacher(sqlite_uri(tmp_path))
     assert {c.data.params["trainer.threads"] for c in children} == {"1"}
     # Each job ran as its own submitit process, with its logs next to the sweep.
     logs = list(Path(parent.data.tags["kdexp.sweep_dir"]).glob(".submitit/*/*_log.out"))
@@ -221,11 +213,9 @@ def test_ray_sweep_on_a_loopback_head_two_jobs_under_one_parent(tmp_path, ray_he
     work = tmp_path / "work"
     work.mkdir()
     uri = f"sqlite:///{work}/mlflow.db"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(shared)
     kdexp(["-m", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={address}",
            "hydra.launcher.ray.remote.num_cpus=1", f"tracking.uri={uri}", "loss.temperature=2,4", *QUIET],
-          work, env)
+          work, timeout=300, env={"MLFLOW_TRACKING_URI": None, **shared}, check=True)
     parent, children = assert_one_parent_two_finished_children_one_teacher(uri)
     assert {c.data.params["trainer.threads"] for c in children} == {"1"}
     assert parent.data.tags["kdexp.sweep_dir"].startswith(str(work / "outputs" / "multirun"))

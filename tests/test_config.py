@@ -1,6 +1,8 @@
 """The schema: composed configs are typed, and bad values stop with one line naming the key."""
 
 import pytest
+from omegaconf import OmegaConf
+from omegaconf.errors import ReadonlyConfigError
 
 from conftest import compose_cfg, compose_raw
 from kdexp.config import ConfigError, flatten, validate
@@ -63,12 +65,17 @@ def test_unknown_key_lists_the_allowed_keys():
 def test_typed_config_is_read_only_and_typed():
     cfg = compose_cfg(["loss.temperature=8"])
     assert isinstance(cfg.loss.temperature, float) and cfg.loss.temperature == 8.0
-    with pytest.raises(Exception):
+    with pytest.raises(ReadonlyConfigError):
         cfg.loss.temperature = 2.0
+    assert cfg.loss.temperature == 8.0
 
 
 def test_flatten_gives_dotted_params():
     flat = flatten(compose_cfg())
     assert flat["loss.temperature"] == "4.0"
     assert flat["teacher.channels"] == "[32, 64]"
-    assert len(flat) >= 20
+    # Leaves only, each the resolved value at its dotted path, and every section of the config there.
+    cfg = compose_cfg()
+    assert all(str(OmegaConf.select(cfg, key)) == value for key, value in flat.items())
+    assert not any(other.startswith(key + ".") for key in flat for other in flat)
+    assert {key.split(".")[0] for key in flat} == set(cfg.keys())

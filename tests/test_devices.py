@@ -145,6 +145,7 @@ def test_store_key_holds_bf16_and_leaves_float32_keys_unchanged():
     assert key_for(*args, precision="bf16")[0] != key_for(*args)[0]
 
 
+@pytest.mark.slow
 def test_a_bf16_run_end_to_end_on_cpu_trains_its_own_teacher(store):
     _, fp32 = run_experiment(QUIET)
     _, bf16 = run_experiment([*QUIET, "trainer.precision=bf16"])
@@ -181,6 +182,7 @@ def test_cuda_loop_learns_in_each_precision(precision):
 
 
 @cuda
+@pytest.mark.slow
 def test_cuda_bf16_run_end_to_end_with_store_and_logged_model(store):
     """Augmented teacher, cached teacher logits, store hit loaded into a CUDA model, and the
     student logged as an MLflow model that loads on the CPU."""
@@ -205,6 +207,7 @@ def test_cuda_bf16_run_end_to_end_with_store_and_logged_model(store):
     ["loss=self", "loss.mode=born_again", "loss.generations=1"],
     ["data.augment=true"],  # per-batch teacher logits on augmented inputs
 ])
+@pytest.mark.slow
 def test_cuda_every_family_runs(store, family):
     _, run = run_experiment([*QUIET, "trainer.device=cuda", "trainer.precision=bf16", *family])
     assert run.info.status == "FINISHED"

@@ -49,6 +49,7 @@ def test_nonsense_is_refused_in_one_line(override, key, hint):
 
 
 @pytest.mark.parametrize("aggregate", ["mean", "weighted", "confidence"])
+@pytest.mark.slow
 def test_each_aggregate_runs_and_reports_teachers_ensemble_student_and_gain(store, aggregate):
     objective, run = run_experiment(["loss=multi_teacher", f"loss.aggregate={aggregate}",
                                      "loss.weights=[3,1]", *SMALL])

@@ -46,6 +46,7 @@ def test_one_step_on_the_summed_loss_moves_each_peer_as_its_own_loss_would():
 
 
 @pytest.mark.parametrize("mode", ["dml", "ensemble"])
+@pytest.mark.slow
 def test_peers_train_together_and_report_each_peer_ensemble_and_gain(store, mode):
     objective, run = run_experiment(["loss=online", f"loss.mode={mode}", *SMALL])
     assert run.info.status == "FINISHED"
@@ -65,6 +66,7 @@ def test_peers_train_together_and_report_each_peer_ensemble_and_gain(store, mode
         assert [h.step for h in client.get_metric_history(run.info.run_id, key)] == [1], key
 
 
+@pytest.mark.slow
 def test_online_with_alpha_one_equals_the_peers_trained_alone(store):
     # alpha = 1: no distillation; peer0 shares its baseline's init and batch order.
     _, run = run_experiment(["loss=online", "loss.alpha=1", *SMALL])

@@ -108,6 +108,7 @@ def test_born_again_accepts_a_single_stage_student():
 # --- end to end ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_byot_reports_every_exit_and_its_gain(store):
     objective, run = run_experiment(["loss=self", "student.channels=[8,16,16]", "student.fc=32",
                                      "loss.feature_weight=0.1"])
@@ -131,11 +132,13 @@ def test_byot_reports_every_exit_and_its_gain(store):
         assert mlflow.pytorch.load_model(run.data.tags[f"exit{i}_model_uri"])(x).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_byot_with_alpha_one_equals_its_baseline(store):
     _, run = run_experiment(["loss=self", "loss.alpha=1", "student.channels=[8,16]", *NO_MODEL])
     assert run.data.metrics["kd_gain"] == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_byot_sweep_trains_its_baseline_once(store):
     """The labels-only multi-exit baseline depends on nothing a T x alpha sweep changes: the second
     job loads it from the store, with the same exit accuracies and its curves logged again."""
@@ -156,6 +159,7 @@ def test_byot_sweep_trains_its_baseline_once(store):
     assert plain.data.tags["kdexp.baseline.source"] == "trained"
 
 
+@pytest.mark.slow
 def test_born_again_reports_generations_and_their_ensemble(store):
     objective, run = run_experiment(["loss=self", "loss.mode=born_again", "loss.generations=2",
                                      "model@student=mlp", "student.hidden=[32]", *NO_MODEL])

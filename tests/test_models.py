@@ -238,6 +238,7 @@ def test_cifar100_benchmark_preset_is_the_standard_recipe():
 # --- end to end -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resnet8_teacher_on_fashion_mnist_files_distils_into_an_mlp(store, tmp_path):
     from test_data import write_mnist_like
 

@@ -15,7 +15,7 @@ import urllib.request
 import mlflow
 import pytest
 
-from conftest import FAST
+from conftest import FAST, kdexp
 from kdexp import tracking
 
 pytestmark = pytest.mark.slow
@@ -77,11 +77,7 @@ def test_sweep_against_a_tracking_server_keeps_everything_on_the_server(tmp_path
     url, server_folder = server
     work = tmp_path / "work"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != tracking.SWEEP_ENV}
-    env["MLFLOW_TRACKING_URI"] = url
-    result = subprocess.run([sys.executable, "-m", "kdexp", "-m", "loss.temperature=2,4", *QUIET],
-                            cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = kdexp(["-m", "loss.temperature=2,4", *QUIET], work, env={"MLFLOW_TRACKING_URI": url}, check=True)
     assert url in result.stdout  # the runs' UI links point at the server
 
     client = mlflow.MlflowClient(tracking_uri=url)

@@ -4,7 +4,6 @@ a temperature sweep over two seeds, and the one-line errors when there is nothin
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import kdexp, kdexp_env
 from kdexp import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -220,16 +220,16 @@ def test_heatmap_keeps_failed_settings_and_irregular_search_scatters(db, tmp_pat
             job({"loss.temperature": 4, "loss.alpha": 0.5}, None, status="FAILED")]
     parent, _ = make_sweep(db, "grid", "loss.temperature=1,4 loss.alpha=0.1,0.5", jobs)
     rep, _, files = report.make_report(parent_id=parent, out=tmp_path / "grid", log=False, show_table=False)
-    grid, rows_, cols = report._grid(rep, "student_acc")
+    grid, rows_, cols = report.value_grid(rep, "student_acc")
     assert rows_ == ["1", "4"] and cols == ["0.1", "0.5"] and grid[0] == [95.0, 94.0]
     assert all(v != v for v in grid[1])  # NaN: the failed row is still drawn
-    assert not report._irregular(rep)
+    assert not report.irregular(rep)
 
     trials = [job({"loss.temperature": t, "loss.alpha": a}, acc)  # an Optuna-like search
               for t, a, acc in [(1.3, 0.21, 95.0), (2.7, 0.64, 95.5), (5.1, 0.12, 96.0), (7.9, 0.83, 94.5)]]
     parent, _ = make_sweep(db, "search", "hparams_search=optuna_t_alpha", trials)
     rep, _, files = report.make_report(parent_id=parent, out=tmp_path / "search", log=False, show_table=False)
-    assert report._irregular(rep) and [f.name for f in files][2:] == ["student_acc.png", "kd_gain.png"]
+    assert report.irregular(rep) and [f.name for f in files][2:] == ["student_acc.png", "kd_gain.png"]
     assert all(f.read_bytes()[:8] == PNG_MAGIC for f in files[2:])
 
 
@@ -268,13 +268,31 @@ def test_swept_keys_from_overrides():
     assert report.show(report.canonical("0.10")) == "0.1" and report.canonical("cnn") == "cnn"
 
 
+def test_overrides_whose_values_hold_spaces_are_cut_by_hydras_grammar():
+    """The tag is the job's overrides joined by spaces; shell-style splitting would cut inside
+    `[cnn, mlp]` and drop the keys after it."""
+    tag = ("loss.teachers=[cnn, {name: cnn, channels: [16, 32]}] tracking.run_name=my first run "
+           "data.root='/data sets/mnist' seed=1 ~trainer.compile")
+    assert report.parse_overrides(tag) == {
+        "loss.teachers": "[cnn,{name:cnn,channels:[16,32]}]", "tracking.run_name": "my first run",
+        "data.root": "/data sets/mnist", "seed": "1"}
+    assert [o.key_or_group for o in report.split_overrides(tag)] == [
+        "loss.teachers", "tracking.run_name", "data.root", "seed", "trainer.compile"]
+
+
+def test_jobs_differing_in_a_list_with_spaces_are_one_swept_key(db, tmp_path):
+    jobs = [job({"teacher.hidden": "[512, 256]", "seed": 0}, 95.0), job({"teacher.hidden": "[256, 128]", "seed": 0}, 94.0)]
+    make_sweep(db, "widths", "teacher.hidden=[512, 256],[256, 128]", jobs)
+    rep, _, _ = report.make_report(out=tmp_path / "rep", log=False, show_table=False)
+    assert rep.axes == ["teacher.hidden"]
+    assert [e.values["teacher.hidden"] for e in rep.ranked] == ["[512, 256]", "[256, 128]"]
+
+
 @pytest.mark.slow
 def test_console_entry_in_subprocess(db, tmp_path):
     make_sweep(db, "T×α", "loss.temperature=1,4 loss.alpha=0.1,0.5", GRID)
-    env = {**os.environ, "COLUMNS": "160"}
-    done = subprocess.run([sys.executable, "-m", "kdexp.report", "--out", "rep"], capture_output=True,
-                          text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr
+    env = kdexp_env(tmp_path, {"COLUMNS": "160"})
+    done = kdexp(["--out", "rep"], tmp_path, env={"COLUMNS": "160"}, timeout=120, module="kdexp.report", check=True)
     assert "95.30" in done.stdout and (tmp_path / "rep" / "student_acc.png").is_file()
     script = Path(sys.executable).parent / "kdexp-report"  # the console script, once (re)installed
     entry = [str(script)] if script.exists() else [sys.executable, "-m", "kdexp.report"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import FAST, compose_cfg
+from conftest import FAST, compose_cfg, kdexp_env
 from kdexp import experiment
 from kdexp.checkpoint import CheckpointError, Checkpoints, run_key
 
@@ -19,6 +19,7 @@ def _runs():
     return mlflow.search_runs(experiment_names=["kdexp"], output_format="list")
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_config_is_skipped(store):
     cfg = compose_cfg(["tracking.log_model=false"])
     first = experiment.run(cfg, [])
@@ -26,6 +27,7 @@ def test_rerun_of_a_finished_config_is_skipped(store):
     assert len(_runs()) == 1
 
 
+@pytest.mark.slow
 def test_force_runs_again(store):
     cfg = compose_cfg(["tracking.log_model=false", "trainer.rerun=force"])
     experiment.run(cfg, [])
@@ -40,6 +42,7 @@ def test_run_key_ignores_presentation_settings_only():
     assert run_key(compose_cfg(["seed=1"])) != base
 
 
+@pytest.mark.slow
 def test_auto_device_is_the_same_run_as_the_device_it_picks(store):
     assert run_key(compose_cfg(["trainer.device=auto"]), "cpu") == run_key(compose_cfg(), "cpu")
     experiment.run(compose_cfg(["tracking.log_model=false"]), [])
@@ -74,6 +77,7 @@ def test_checkpoint_with_code_is_refused(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_phase_epoch_and_step(store):
     from kdexp.train import NonFiniteLoss
 
@@ -85,8 +89,7 @@ def test_non_finite_loss_stops_with_phase_epoch_and_step(store):
 
 
 def _cli(args, cwd):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
-    return subprocess.Popen([sys.executable, "-m", "kdexp", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "kdexp", *args], cwd=cwd, env=kdexp_env(cwd),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -41,6 +41,7 @@ def _store_entries(label_prefix):
     return [r for r in runs if r.data.tags["kdexp.label"].startswith(label_prefix)]
 
 
+@pytest.mark.slow
 def test_teacher_and_baseline_trained_once_then_loaded(store):
     _, first = run_experiment(["loss.temperature=2", "tracking.log_model=false"])
     _, second = run_experiment(["loss.temperature=8", "tracking.log_model=false"])
@@ -56,6 +57,7 @@ def test_teacher_and_baseline_trained_once_then_loaded(store):
     assert len(history) == 1
 
 
+@pytest.mark.slow
 def test_reuse_false_retrains(store):
     run_experiment(["tracking.log_model=false"])
     _, again = run_experiment(["tracking.log_model=false", "store.reuse=false", "loss.temperature=5"])
@@ -63,6 +65,7 @@ def test_reuse_false_retrains(store):
     assert len(_store_entries("teacher")) == 2
 
 
+@pytest.mark.slow
 def test_changed_teacher_is_a_miss(store):
     run_experiment(["tracking.log_model=false"])
     _, other = run_experiment(["tracking.log_model=false", "teacher.fc=64"])
@@ -70,6 +73,7 @@ def test_changed_teacher_is_a_miss(store):
     assert other.data.tags["kdexp.baseline.source"] == "store"
 
 
+@pytest.mark.slow
 def test_teacher_logits_computed_once_and_shared_by_later_students(store):
     """Unaugmented students of a sweep share one pass of the teacher over the training split; the
     stored logits are the computed ones (same student as a run that computes its own)."""
@@ -85,6 +89,7 @@ def test_teacher_logits_computed_once_and_shared_by_later_students(store):
     assert alone.data.metrics["student/loss"] == second.data.metrics["student/loss"]
 
 
+@pytest.mark.slow
 def test_augmented_students_take_the_teacher_per_batch_and_store_no_logits(store):
     _, run = run_experiment(["tracking.log_model=false", "data.augment=true", "trainer.baseline=false"])
     assert "kdexp.teacher.logits" not in run.data.tags

@@ -7,18 +7,16 @@ import sys
 import mlflow
 import pytest
 
-from conftest import FAST
+from conftest import FAST, kdexp_env, sqlite_uri
+from conftest import kdexp as _kdexp
 
 pytestmark = pytest.mark.slow
 QUIET = [*FAST, "data.limit_train=300", "tracking.log_model=false"]
 
 
 def kdexp(args, cwd, timeout=600):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
-    result = subprocess.run([sys.executable, "-m", "kdexp", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+    """The command line, expected to succeed."""
+    return _kdexp(args, cwd, timeout=timeout, check=True)
 
 
 def runs_of(cwd, experiment="kdexp"):
@@ -99,12 +97,11 @@ def test_two_identical_sweeps_at_once_in_one_folder(tmp_path):
     """Both finish; each job's config runs once (the other waits on its lock, then skips it);
     the store has one teacher and every checkpoint folder belongs to one run."""
     args = [sys.executable, "-m", "kdexp", "-m", "loss.temperature=2,4", *QUIET]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     # The launching process creates the store; create it first, as a parallel launch would.
     kdexp(["--cfg", "job"], tmp_path)
     from kdexp.tracking import prepare
-    prepare(env["MLFLOW_TRACKING_URI"], "kdexp")
-    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+    prepare(sqlite_uri(tmp_path), "kdexp")
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=kdexp_env(tmp_path), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs

@@ -99,6 +99,7 @@ def test_a_non_finite_loss_stops_at_its_step():
     assert len(calls) == 3
 
 
+@pytest.mark.slow
 def test_compile_trains_compiled_models_that_match_eager_ones(store):
     """`trainer.compile=true`: the models run through torch.compile (graphs are made), the run ends
     with the same accuracy as eager up to rounding, and the compiled student exports to MLflow."""

@@ -1,0 +1,187 @@
+"""No import cycles between kdexp's modules, function-level imports included.
+
+A cycle only works today because one side imports late (inside a function, or at the bottom of a
+module); it breaks as soon as someone moves that import, and it hides which module is the base.
+Imports under `if TYPE_CHECKING:` do not run, so they do not count."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import kdexp
+
+PACKAGE_DIR = Path(kdexp.__file__).parent
+
+# Imports that close a cycle on this branch and are being removed on others (importer, imported).
+# Empty this once those branches are merged; the test fails while an entry here is no longer an
+# import, so it cannot go stale unnoticed.
+KNOWN_CYCLES: set[tuple[str, str]] = {
+    ("kdexp.config", "kdexp.cli"),  # CONFIG_DIR (issue 15 §1, the config owner's part)
+    ("kdexp.sweep", "kdexp.cli"),   # cli.fail from a Hydra callback (issue 15 §1, the sweep owner's part)
+}
+
+
+def module_names(root: Path, package: str) -> dict[str, Path]:
+    """`kdexp.methods.base` → its file, `kdexp.methods` → its `__init__.py`."""
+    names = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = [package, *path.relative_to(root).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        names[".".join(parts)] = path
+    return names
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    """Every absolute name an import statement anywhere in `tree` asks for (the module itself, and
+    `module.name` for `from module import name`), `if TYPE_CHECKING:` bodies left out."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package this module is in (or is)
+                anchor = module.split(".")
+                anchor = anchor[:len(anchor) - node.level + (1 if is_package else 0)]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def import_graph(root: Path, package: str) -> dict[str, set[str]]:
+    """module → the modules of the package it imports (the most specific module each import names)."""
+    modules = module_names(root, package)
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        targets = set()
+        for wanted in imported_names(tree, name, path.name == "__init__.py"):
+            while wanted and wanted not in modules:  # `pkg.mod.func` → `pkg.mod`
+                wanted = wanted.rpartition(".")[0]
+            # A module importing its own package's names is not a cycle through the package.
+            if wanted and wanted != name and not name.startswith(wanted + "."):
+                targets.add(wanted)
+        graph[name] = targets
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[frozenset[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(frozenset(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return found
+
+
+def describe(component: frozenset[str], graph: dict[str, set[str]]) -> str:
+    """The edges inside one cycle, for a readable failure."""
+    return "; ".join(f"{a} → {b}" for a in sorted(component) for b in sorted(graph[a] & component))
+
+
+def test_kdexp_has_no_import_cycles_besides_the_known_ones():
+    graph = import_graph(PACKAGE_DIR, "kdexp")
+    gone = sorted(edge for edge in KNOWN_CYCLES if edge[1] not in graph.get(edge[0], ()))
+    assert not gone, f"no longer imports, remove them from KNOWN_CYCLES: {gone}"
+    for importer, imported in KNOWN_CYCLES:
+        graph[importer] = graph[importer] - {imported}
+    found = [describe(c, graph) for c in cycles(graph)]
+    assert not found, f"import cycles: {found}"
+
+
+def test_the_model_families_do_not_import_the_builder():
+    graph = import_graph(PACKAGE_DIR, "kdexp")
+    assert "kdexp.models" not in graph["kdexp.resnets"] | graph["kdexp.tv_models"]
+    assert {"kdexp.resnets", "kdexp.tv_models", "kdexp.staged"} <= graph["kdexp.models"]
+
+
+def _package(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / "pkg" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root / "pkg"
+
+
+def test_a_function_level_import_closes_a_cycle(tmp_path):
+    pkg = _package(tmp_path, {
+        "__init__.py": "",
+        "a.py": "from pkg.b import helper\n",
+        "b.py": "def helper():\n    from pkg import a\n    return a\n",
+        "c.py": "import pkg.a\n",
+    })
+    graph = import_graph(pkg, "pkg")
+    assert cycles(graph) == [frozenset({"pkg.a", "pkg.b"})]
+    assert describe(cycles(graph)[0], graph) == "pkg.a → pkg.b; pkg.b → pkg.a"
+
+
+def test_type_checking_imports_and_relative_imports(tmp_path):
+    pkg = _package(tmp_path, {
+        "__init__.py": "from .sub import thing\n",
+        "sub/__init__.py": "from ..base import Base\nthing = 1\n",
+        "base.py": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.sub import thing\n"
+                    "else:\n    import json\nclass Base: ...\n"),
+        "sub/leaf.py": "from . import thing\nfrom .. import base\n",
+    })
+    graph = import_graph(pkg, "pkg")
+    assert graph["pkg.base"] == set()  # the TYPE_CHECKING import does not count; json is not ours
+    assert graph["pkg"] == {"pkg.sub"}
+    assert graph["pkg.sub"] == {"pkg.base"}
+    assert graph["pkg.sub.leaf"] == {"pkg.base"}  # its own package's names are not an edge
+    assert cycles(graph) == []
+
+
+def test_only_the_tracking_module_imports_mlflow():
+    """MLflow is touched from one place (`kdexp/tracking.py`, or a `kdexp/tracking/` subpackage)."""
+    offenders = []
+    for name, path in module_names(PACKAGE_DIR, "kdexp").items():
+        if name == "kdexp.tracking" or name.startswith("kdexp.tracking."):
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        wanted = imported_names(tree, name, path.name == "__init__.py")
+        if any(w == "mlflow" or w.startswith("mlflow.") for w in wanted):
+            offenders.append(name)
+    assert not offenders, f"import mlflow outside kdexp.tracking: {offenders}"
