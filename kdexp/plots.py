@@ -126,3 +126,25 @@ def save(fig, path) -> None:
     """Write `fig` as a PNG and release it."""
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def intervals(labels: list[str], means: list[float], lows: list[float | None], highs: list[float | None],
+              xlabel: str, title: str) -> "plt.Figure":
+    """One horizontal bar per label: the mean as a dot, its interval as error bars (none where the
+    interval is None, e.g. a single run); a zero line, since what matters is whether it is crossed."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.45 * len(labels)))
+    y = np.arange(len(labels))[::-1]
+    low_err = [m - lo if lo is not None else 0.0 for m, lo in zip(means, lows)]
+    high_err = [hi - m if hi is not None else 0.0 for m, hi in zip(means, highs)]
+    colors = ["#2a7" if lo is not None and lo > 0 else "#c33" if hi is not None and hi < 0 else "#555"
+              for lo, hi in zip(lows, highs)]
+    for yi, m, lo, hi, c in zip(y, means, low_err, high_err, colors):
+        ax.errorbar([m], [yi], xerr=[[lo], [hi]], fmt="o", color=c, capsize=4)
+    ax.axvline(0.0, color="grey", linewidth=1)
+    ax.set_yticks(y, labels)
+    ax.set(xlabel=xlabel, title=title)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig

@@ -453,3 +453,12 @@ def ui_hint(uri: str | None, experiment_id: str, run_id: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"mlflow ui --backend-store-uri {uri}   (then open experiment {experiment_id}, run {run_id})"
+
+
+def log_report_summary(uri: str | None, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
+    """The report's summary figures and tags on run `run_id` (a sweep's parent)."""
+    client, _ = _read_client(uri)
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)

@@ -158,7 +158,8 @@ def test_seeds_are_averaged(db, tmp_path, capsys):
 
     assert rep.axes == ["loss.temperature"] and rep.by_seed
     assert [e.values for e in rep.ranked] == [{"loss.temperature": 4.0}, {"loss.temperature": 1.0}]
-    assert [f.name for f in files] == ["report.csv", "report.md", "student_acc.png", "kd_gain.png"]
+    assert [f.name for f in files] == ["report.csv", "report.md", "student_acc.png", "kd_gain.png", "groups.csv",
+                                       "groups.md", "comparisons.csv", "comparisons.md", "kd_gain_ci.png"]
     assert "96.10 ± 0.14" in out and "95.20 ± 0.28" in out and "mean ± std over seeds" in out
 
     rows = read_csv(folder / "report.csv")

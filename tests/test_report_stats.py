@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import stats
 
-from kdexp.paired import Sample, compare, group_stats, holm
+from kdexp.report.stats import Sample, compare, group_stats, holm
 
 # Two temperatures over seeds 0-2, a third setting with seeds 0, 1 and 5, and a setting run once.
 SAMPLES = [

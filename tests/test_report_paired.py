@@ -1,0 +1,140 @@
+"""kdexp-report's paired comparison on stores the tests fill with known values: groups.csv against a
+t-interval of the jobs' own kd_gain, comparisons.csv against scipy.stats.ttest_rel, the files and
+summary on the parent run, and the one-line refusals."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from scipy import stats
+
+from kdexp import report
+from test_report import db, empty_store_file, job, make_sweep  # noqa: F401  (fixtures)
+
+# (temperature, seed) → (student accuracy, baseline accuracy); T=16 lacks seed 2 and has seed 5.
+RESULTS = {
+    (2, 0): (95.0, 94.0), (2, 1): (95.9, 94.5), (2, 2): (94.4, 94.2),
+    (8, 0): (95.6, 94.0), (8, 1): (96.3, 94.5), (8, 2): (95.0, 94.2),
+    (16, 0): (94.1, 94.0), (16, 1): (94.9, 94.5), (16, 5): (93.0, 93.1),
+}
+
+
+def jobs(results=RESULTS, extra: dict | None = None) -> list[dict]:
+    out = []
+    for (t, seed), (student, baseline) in results.items():
+        j = job({"loss.temperature": t, "seed": seed}, student, baseline)
+        j["metrics"].update(extra or {})
+        out.append(j)
+    return out
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_groups_and_comparisons_match_scipy(db, tmp_path):
+    parent, _ = make_sweep(db, "sweep", "loss.temperature=2,8,16 seed=0,1,2", jobs())
+    rep, folder, files = report.make_report(db, parent_id=parent, out=tmp_path / "r", show_table=False)
+    groups = {row["group"]: row for row in read_csv(folder / "groups.csv")}
+    assert set(groups) == {"loss.temperature=2", "loss.temperature=8", "loss.temperature=16"}
+    gains = [95.0 - 94.0, 95.9 - 94.5, 94.4 - 94.2]
+    g2 = groups["loss.temperature=2"]
+    assert int(g2["n"]) == 3
+    ci = stats.ttest_1samp(gains, 0).confidence_interval(0.95)
+    assert float(g2["kd_gain_mean"]) == pytest.approx(sum(gains) / 3, abs=1e-4)
+    assert float(g2["kd_gain_std"]) == pytest.approx(stats.tstd(gains), abs=1e-4)
+    assert (float(g2["kd_gain_ci_low"]), float(g2["kd_gain_ci_high"])) == pytest.approx((ci.low, ci.high), abs=1e-4)
+    assert float(g2["student_acc_mean"]) == pytest.approx((95.0 + 95.9 + 94.4) / 3, abs=1e-4)
+
+    pairs = {(row["a"], row["b"]): row for row in read_csv(folder / "comparisons.csv")}
+    row = pairs[("loss.temperature=2", "loss.temperature=8")]
+    a, b = [95.0, 95.9, 94.4], [95.6, 96.3, 95.0]
+    assert int(row["n_pairs"]) == 3
+    assert float(row["diff_mean"]) == pytest.approx(sum(y - x for x, y in zip(a, b)) / 3, abs=1e-4)
+    assert float(row["p_value"]) == pytest.approx(stats.ttest_rel(b, a).pvalue, rel=1e-3)
+    assert "p_holm" in row  # three groups: a correction column
+    unequal = pairs[("loss.temperature=2", "loss.temperature=16")]
+    assert int(unequal["n_pairs"]) == 2 and "left out" in unequal["note"]
+    names = {f.name for f in files}
+    assert {"groups.csv", "groups.md", "comparisons.csv", "comparisons.md", "kd_gain_ci.png"} <= names
+    assert "student_acc" in (folder / "groups.md").read_text()  # the protocol is stated
+
+
+def test_files_and_best_group_land_on_the_parent_run(db, tmp_path):
+    from mlflow import MlflowClient
+
+    parent, _ = make_sweep(db, "sweep", "loss.temperature=2,8 seed=0,1,2",
+                           [j for j in jobs() if j["overrides"]["loss.temperature"] != 16])
+    report.make_report(db, parent_id=parent, out=tmp_path / "r", show_table=False)
+    client = MlflowClient(tracking_uri=db)
+    logged = {f.path for f in client.list_artifacts(parent, "report")}
+    assert {"report/groups.csv", "report/comparisons.csv", "report/kd_gain_ci.png"} <= logged
+    run = client.get_run(parent)
+    gains = [95.6 - 94.0, 96.3 - 94.5, 95.0 - 94.2]
+    ci = stats.ttest_1samp(gains, 0).confidence_interval(0.95)
+    assert run.data.tags["kdexp.best_group"] == "loss.temperature=8"
+    assert run.data.metrics["best_group_kd_gain_mean"] == pytest.approx(sum(gains) / 3, abs=1e-4)
+    assert run.data.metrics["best_group_kd_gain_ci_low"] == pytest.approx(ci.low, abs=1e-4)
+    assert run.data.metrics["best_group_kd_gain_ci_high"] == pytest.approx(ci.high, abs=1e-4)
+    pairs = read_csv(tmp_path / "r" / "comparisons.csv")
+    assert len(pairs) == 1 and "p_holm" not in pairs[0]  # two groups: no correction
+
+
+def test_against_compares_each_group_with_one(db, tmp_path):
+    parent, _ = make_sweep(db, "sweep", "loss.temperature=2,8,16 seed=0,1,2", jobs())
+    report.make_report(db, parent_id=parent, out=tmp_path / "r", show_table=False, log=False,
+                       against="loss.temperature=8")
+    pairs = read_csv(tmp_path / "r" / "comparisons.csv")
+    assert [(p["a"], p["b"]) for p in pairs] == [("loss.temperature=8", "loss.temperature=2"),
+                                                 ("loss.temperature=8", "loss.temperature=16")]
+
+
+def test_a_group_of_one_run_says_why_it_has_no_interval(db, tmp_path):
+    results = {**RESULTS, (32, 0): (92.0, 94.0)}
+    parent, _ = make_sweep(db, "sweep", "loss.temperature=2,8,16,32 seed=0,1,2", jobs(results))
+    report.make_report(db, parent_id=parent, out=tmp_path / "r", show_table=False, log=False)
+    groups = {row["group"]: row for row in read_csv(tmp_path / "r" / "groups.csv")}
+    single = groups["loss.temperature=32"]
+    assert single["n"] == "1" and single["kd_gain_ci_low"] == "" and "one run" in single["note"]
+
+
+def test_best_epoch_metric_is_used_when_asked(db, tmp_path):
+    extra = {"student_best_acc": 97.0, "baseline_best_acc": 95.0}
+    parent, _ = make_sweep(db, "sweep", "loss.temperature=2,8 seed=0,1", jobs(
+        {k: v for k, v in RESULTS.items() if k[0] in (2, 8) and k[1] < 2}, extra))
+    report.make_report(db, parent_id=parent, out=tmp_path / "r", show_table=False, log=False,
+                       metric="student_best_acc")
+    groups = read_csv(tmp_path / "r" / "groups.csv")
+    assert all(float(g["student_acc_mean"]) == 97.0 and float(g["kd_gain_mean"]) == 2.0 for g in groups)
+    assert "best-epoch" in (tmp_path / "r" / "groups.md").read_text()
+
+
+def test_refusals_are_one_line(db, tmp_path, capsys):
+    parent, _ = make_sweep(db, "sweep", "loss.temperature=2,8 seed=0,1,2",
+                           [j for j in jobs() if j["overrides"]["loss.temperature"] != 16])
+    code = report.main(["--parent", parent, "--tracking-uri", db, "--out", str(tmp_path / "r"),
+                        "--against", "loss.temperature=3"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "names no group" in err and "loss.temperature=2" in err and "loss.temperature=8" in err
+
+    code = report.main(["--parent", parent, "--tracking-uri", db, "--out", str(tmp_path / "r"),
+                        "--metric", "student_best_acc"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "no metric student_best_acc" in err
+
+    failed, _ = make_sweep(db, "sweep2", "seed=0,1", [job({"seed": 0}, None, status="FAILED"),
+                                                       job({"seed": 1}, None, status="FAILED")])
+    code = report.main(["--parent", failed, "--tracking-uri", db, "--out", str(tmp_path / "r2")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "no finished job" in err
+
+
+def test_one_seed_per_setting_writes_no_group_files(db, tmp_path, capsys):
+    parent, _ = make_sweep(db, "sweep", "loss.temperature=2,8",
+                           [job({"loss.temperature": 2}, 95.0), job({"loss.temperature": 8}, 96.0)])
+    _, folder, files = report.make_report(db, parent_id=parent, out=tmp_path / "r", log=False)
+    assert not (folder / "groups.csv").exists()
+    assert "add seed=0,1,2" in capsys.readouterr().out
