@@ -370,7 +370,9 @@ def _run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None, parent_r
 
 
 def _track(cfg, hydra_dir, dataset, device, run, checkpoints, started: float) -> float:
-    """Everything inside the MLflow run: a raise ends it FAILED (KILLED on Ctrl-C), error recorded."""
+    """Everything inside the MLflow run: a raise ends it FAILED (KILLED on Ctrl-C or SIGTERM),
+    error recorded, checkpoints kept for the resume; a FINISHED run's checkpoints are removed
+    unless `trainer.keep_checkpoints`."""
     from kdexp import plots
     from kdexp.methods import REGISTRY
 
@@ -398,6 +400,8 @@ def _track(cfg, hydra_dir, dataset, device, run, checkpoints, started: float) ->
     except BaseException as err:
         run.fail(err)
         raise
+    if not cfg.trainer.keep_checkpoints:
+        checkpoints.remove()  # only for resuming, and a FINISHED run is never resumed
     rows = outcome.rows + [("device", describe_device(device, cfg.trainer.precision, cfg.trainer.compile)), ("wall time", f"{wall:.1f} s")]
     summary(f"kdexp · {cfg.loss.name} · {cfg.data.name}", rows,
             [f"MLflow run {run.run_id} in experiment '{cfg.tracking.experiment}' ({run.uri})",
