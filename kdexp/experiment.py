@@ -377,7 +377,10 @@ def _track(cfg, hydra_dir, dataset, device, run, checkpoints, started: float) ->
     from kdexp.methods import REGISTRY
 
     try:
-        run.params(config_mod.flatten(cfg))
+        changed = run.params(config_mod.flatten(cfg))
+        if changed:
+            console.print(f"kdexp: resumed with other values of {', '.join(changed)} (settings that do not "
+                          f"change results); recorded as tags kdexp.resumed_with.*", markup=False)
         run.text(OmegaConf.to_yaml(cfg), "config.yaml")
         if hydra_dir is not None:
             run.folder(hydra_dir, "hydra")

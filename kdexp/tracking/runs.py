@@ -39,9 +39,11 @@ class Run:
         return {m.step for m in self.mlflow.MlflowClient().get_metric_history(self.run_id, key)}
 
     # --- logging ---
-    def params(self, params: dict[str, Any]) -> None:
-        """Log params; on a resumed run only those it lacks, and changed ones as tags."""
+    def params(self, params: dict[str, Any]) -> list[str]:
+        """Log params; on a resumed run only those it lacks, and changed ones as tags (their
+        names are returned)."""
         values = {k: str(v)[:PARAM_LIMIT] for k, v in params.items()}
+        changed: dict[str, str] = {}
         if self.resumed:
             logged = self.mlflow.MlflowClient().get_run(self.run_id).data.params
             changed = {k: v for k, v in values.items() if k in logged and logged[k] != v}
@@ -51,6 +53,7 @@ class Run:
             values = {k: v for k, v in values.items() if k not in logged}
         if values:
             self.mlflow.log_params(values)
+        return sorted(changed)
 
     def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.mlflow.log_metrics({k.replace("@", "_"): float(v) for k, v in metrics.items()}, step=step)
