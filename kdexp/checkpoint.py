@@ -116,8 +116,12 @@ def _cause(err: BaseException, target: Path) -> str:
     """The reason a checkpoint failed to load, whole and on one line."""
     if target.is_file() and target.stat().st_size == 0:
         return "the file is empty (0 bytes): it was cut off while being written"
-    text = " ".join(str(err).split())
-    if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text:
-        # torch's message is a page of advice about weights_only; its first sentence says it all
-        text = "it holds objects other than tensors and plain data, which weights_only loading refuses"
+    raw = str(err)
+    if "Weights only load failed" in raw:
+        # torch's message is a page of advice on weights_only around one line of cause: keep that
+        advice = ("Weights only load failed", "Check the documentation", "Please file an issue")
+        detail = [line.split("use case: ")[-1].strip() for line in raw.splitlines()
+                  if line.strip() and (not line.startswith(advice) or "use case: " in line)]
+        raw = "not plain tensors and data, which weights_only loading refuses: " + " ".join(d for d in detail if d)
+    text = " ".join(raw.split())
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
