@@ -310,7 +310,7 @@ def test_two_sweeps_started_in_the_same_second_have_their_own_folders_and_parent
     parents, jobs = _split(_runs(tmp_path))
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
     assert len({p.data.tags["kdexp.sweep_dir"] for p in parents}) == 2
-    assert all(Path(p.data.tags["kdexp.sweep_dir"], ".hydra").is_dir() for p in parents)
+    assert all(Path(p.data.tags["kdexp.sweep_dir"], "multirun.yaml").is_file() for p in parents)
     assert len(jobs) == 2  # each config trained once; the other launch reused it
     for parent in parents:  # and each parent still counts both jobs
         assert parent.data.tags["kdexp.jobs"] == "2/2 finished"
