@@ -354,3 +354,17 @@ def test_interrupted_sweep_run_again_is_one_comparison(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     report = build(*(lambda p: (p, tracking.sweep_children(uri, p)))(tracking.find_sweep(uri, "kdexp")))
     assert len(report.ranked) == 3
+
+
+def test_a_sweep_parent_whose_launcher_died_is_closed_by_the_next_launch(store):
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    _, exp_id = tracking.prepare(None, "kdexp")
+    client = mlflow.MlflowClient()
+    orphan, alive = (client.create_run(exp_id, tags={"kdexp.role": "sweep", "kdexp.sweep_dir": "/x",
+                                                     "kdexp.launcher": f"{socket.gethostname()}:{pid}"})
+                     for pid in (dead.stdout.strip(), os.getpid()))
+    tracking.start_sweep(None, "kdexp", str(Path("outputs/multirun/new").absolute()), [])
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"  # a sweep still going

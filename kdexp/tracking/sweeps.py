@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 from pathlib import Path
 
 from kdexp.tracking.connect import client, git_commit, prepare, resolve_uri, search_all
@@ -12,27 +14,44 @@ SWEEP_ENV = "KDEXP_PARENT_RUN_ID"
 
 
 def start_sweep(uri: str | None, experiment: str, sweep_dir: str, overrides: list[str]) -> str:
-    """A new parent run for this launch; returns its id. Earlier parents of the same sweep folder
-    still RUNNING (a launcher killed with -9) are closed as KILLED: this launch supersedes them."""
+    """A new parent run for this launch; returns its id. Parents still RUNNING whose launcher
+    on this machine is gone (killed with -9: nothing could close them) are closed as KILLED."""
     _, exp_id = prepare(uri, experiment)
     mlflow_client = client()
+    _close_orphans(mlflow_client, exp_id)
     name = f"sweep {Path(sweep_dir).name}: {' '.join(overrides) or '(no overrides)'}"
     run = mlflow_client.create_run(exp_id, run_name=name[:250], tags={
-        "kdexp.role": "sweep", "kdexp.sweep_dir": sweep_dir,
+        "kdexp.role": "sweep", "kdexp.sweep_dir": sweep_dir, LAUNCHER_TAG: _launcher(),
         "kdexp.sweep_overrides": " ".join(overrides), **({"git_commit": c} if (c := git_commit()) else {}),
     })
-    for stale in _parents(mlflow_client, exp_id, sweep_dir, "RUNNING"):
-        if stale.info.run_id != run.info.run_id:
-            mlflow_client.set_tag(stale.info.run_id, "kdexp.superseded_by", run.info.run_id)
-            mlflow_client.set_terminated(stale.info.run_id, "KILLED")
     return run.info.run_id
 
 
-def _parents(mlflow_client, exp_id: str, sweep_dir: str, status: str | None = None) -> list:
-    where = f"tags.`kdexp.role` = 'sweep' and tags.`kdexp.sweep_dir` = '{sweep_dir}'"
-    if status:
-        where += f" and attributes.status = '{status}'"
-    return search_all(mlflow_client, [exp_id], where, order_by=["attributes.start_time DESC"])
+LAUNCHER_TAG = "kdexp.launcher"  # host:pid of the process that opened a parent run
+
+
+def _launcher(pid: int | None = None) -> str:
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def _close_orphans(mlflow_client, exp_id: str) -> None:
+    running = search_all(mlflow_client, [exp_id], "tags.`kdexp.role` = 'sweep' and attributes.status = 'RUNNING'")
+    host = socket.gethostname()
+    for parent in running:
+        where, _, pid = parent.data.tags.get(LAUNCHER_TAG, "").rpartition(":")
+        if where == host and pid.isdigit() and not _alive(int(pid)):
+            mlflow_client.set_tag(parent.info.run_id, "kdexp.closed_by", f"{_launcher()}: its launcher was gone")
+            mlflow_client.set_terminated(parent.info.run_id, "KILLED")
 
 
 def note_reused(parent_id: str, overrides: list[str], run_id: str) -> None:
