@@ -368,3 +368,12 @@ def test_a_sweep_parent_whose_launcher_died_is_closed_by_the_next_launch(store):
     tracking.start_sweep(None, "kdexp", str(Path("outputs/multirun/new").absolute()), [])
     assert client.get_run(orphan.info.run_id).info.status == "KILLED"
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"  # a sweep still going
+
+
+@pytest.mark.slow
+def test_a_sweep_with_a_bad_base_config_stops_in_one_line_before_any_run(tmp_path):
+    proc = _start(["-m", "loss.temperature=0", "seed=0,1"], tmp_path)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2 and len(out.strip().splitlines()) == 1, out
+    assert out.startswith("kdexp: error: loss.temperature=0")
+    assert not (tmp_path / "mlflow.db").exists()
