@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from kdexp.tracking.connect import client, git_commit, prepare, resolve_uri, search_all
+from kdexp.tracking.connect import client, git_commit, open_store, prepare, resolve_uri, search_all
 from kdexp.tracking.reader import REUSED_PREFIX, RunRecord, jobs_of, record
 
 SWEEP_ENV = "KDEXP_PARENT_RUN_ID"
@@ -63,7 +63,9 @@ def note_reused(parent_id: str, overrides: list[str], run_id: str) -> None:
 
 def find_sweep_parent(experiment: str, sweep_dir: str, uri: str | None = None) -> str | None:
     """The newest parent run tagged with this sweep folder in the store `uri` (resolved as everywhere)."""
-    mlflow_client = client(resolve_uri(uri))
+    uri = resolve_uri(uri)
+    open_store(uri)  # a job may be the first process to touch the store: create it under the lock
+    mlflow_client = client(uri)
     exp = mlflow_client.get_experiment_by_name(experiment)
     if exp is None:
         return None
