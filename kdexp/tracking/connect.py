@@ -26,6 +26,10 @@ PAGE = 1000  # runs per search request
 for _name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
+# Loading a store entry would draw a progress bar per download between kdexp's own lines, which
+# already say what was loaded; set the variable to true to see them.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the `kdexp` package
 
 
