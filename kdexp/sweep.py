@@ -83,7 +83,10 @@ def close_interrupted_sweep() -> str | None:
         return None
     MlflowSweep.open_parent = None
     os.environ.pop(tracking.SWEEP_ENV, None)
-    tracking.end_sweep(parent, status="KILLED")
+    try:
+        tracking.end_sweep(parent, status="KILLED")
+    except Exception:  # noqa: BLE001 - the store itself may be the trouble; the interrupt is what to report
+        return None
     return parent
 
 
