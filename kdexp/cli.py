@@ -143,6 +143,10 @@ def main() -> None:
         _task()
     except SweepRefused as err:
         fail(str(err))
+    except SystemExit as stop:  # a job's one-line error ends the whole sweep: close its parent
+        if stop.code not in (0, None):
+            close_interrupted_sweep("FAILED")
+        raise
     except KeyboardInterrupt as err:
         # A second signal while closing would print a traceback: closing is short, let it finish.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

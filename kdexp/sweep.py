@@ -74,8 +74,9 @@ class MlflowSweep(Callback):
             MlflowSweep.open_parent = None
 
 
-def close_interrupted_sweep() -> str | None:
-    """Close this process's open sweep parent as KILLED (after Ctrl-C or SIGTERM); returns its id."""
+def close_interrupted_sweep(status: str = "KILLED") -> str | None:
+    """Close this process's open sweep parent, which `on_multirun_end` will not (Ctrl-C, SIGTERM:
+    KILLED; a job that stopped the sweep with an error: FAILED); returns its id."""
     from kdexp import tracking
 
     parent = MlflowSweep.open_parent
@@ -84,7 +85,7 @@ def close_interrupted_sweep() -> str | None:
     MlflowSweep.open_parent = None
     os.environ.pop(tracking.SWEEP_ENV, None)
     try:
-        tracking.end_sweep(parent, status="KILLED")
+        tracking.end_sweep(parent, status=status)
     except Exception:  # noqa: BLE001 - the store itself may be the trouble; the interrupt is what to report
         return None
     return parent
