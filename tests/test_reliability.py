@@ -377,3 +377,30 @@ def test_a_sweep_with_a_bad_base_config_stops_in_one_line_before_any_run(tmp_pat
     assert proc.returncode == 2 and len(out.strip().splitlines()) == 1, out
     assert out.startswith("kdexp: error: loss.temperature=0")
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_a_store_half_created_on_a_full_disk_is_removed_so_the_next_try_starts_clean(tmp_path, monkeypatch):
+    import mlflow.store.db.utils as db_utils
+
+    from kdexp.tracking import connect
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    migrate = db_utils._initialize_tables
+
+    def full_disk(engine):  # the migration stops part-way, as on a full disk
+        with engine.begin() as connection:
+            connection.exec_driver_sql("create table alembic_version (version_num varchar(32))")
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(db_utils, "_initialize_tables", full_disk)
+    with pytest.raises(ConfigError, match="disk is full"):
+        tracking.prepare(uri, "kdexp")
+    assert not (tmp_path / "mlflow.db").exists()
+    monkeypatch.setattr(db_utils, "_initialize_tables", migrate)
+    # The next command (a new process) creates the store as if nothing had happened.
+    code = f"from kdexp import tracking; print(tracking.prepare({uri!r}, 'kdexp')[1])"
+    retry = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(tmp_path),
+                           capture_output=True, text=True, timeout=120)
+    assert retry.returncode == 0, retry.stderr[-2000:]

@@ -121,8 +121,16 @@ def open_store(uri: str) -> None:
     if uri in _READY:
         return
     check_local_store(uri)
+    db = sqlite_path(uri)
     with creation_lock(uri):
-        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        fresh = db is not None and (not db.is_file() or db.stat().st_size == 0)
+        try:
+            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        except Exception:
+            if fresh:  # half-created (a full disk): gone, so that the next try starts clean
+                for leftover in (db, Path(f"{db}-journal"), Path(f"{db}-wal"), Path(f"{db}-shm")):
+                    leftover.unlink(missing_ok=True)
+            raise
     _READY.add(uri)
 
 
