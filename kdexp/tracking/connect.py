@@ -111,17 +111,18 @@ def creation_lock(uri: str) -> Iterator[None]:
         yield
 
 
-_READY: set[str] = set()  # URIs this process has opened (created, migrated) already
+_READY: set[str] = set()  # stores this process has opened (created, migrated) already
 
 
 def open_store(uri: str) -> None:
     """Create and migrate the store behind `uri` once per process, under the creation lock."""
     import mlflow
 
-    if uri in _READY:
+    db = sqlite_path(uri)
+    where = str(db.absolute()) if db is not None else uri  # a relative path is another file elsewhere
+    if where in _READY:
         return
     check_local_store(uri)
-    db = sqlite_path(uri)
     with creation_lock(uri):
         fresh = db is not None and (not db.is_file() or db.stat().st_size == 0)
         try:
@@ -131,7 +132,7 @@ def open_store(uri: str) -> None:
                 for leftover in (db, Path(f"{db}-journal"), Path(f"{db}-wal"), Path(f"{db}-shm")):
                     leftover.unlink(missing_ok=True)
             raise
-    _READY.add(uri)
+    _READY.add(where)
 
 
 def experiment_id(client, name: str) -> str:
