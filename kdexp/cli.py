@@ -1,12 +1,17 @@
 """The Hydra entry point: compose → validate → run → return the objective (for sweepers).
 
 Bad settings end the process with one line on stderr and exit code 2, before any training.
+Ctrl-C and SIGTERM (what SLURM and Kubernetes send before killing) end the run KILLED with its
+checkpoint kept, and close an open sweep's parent run; a full disk ends it FAILED, in one line.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import hydra
@@ -20,6 +25,24 @@ _PACKAGE = Path(__file__).resolve().parent
 CONFIG_DIR = _PACKAGE / "conf" if (_PACKAGE / "conf" / "config.yaml").is_file() else _PACKAGE.parent / "conf"
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+RESUME_HINT = "the run is marked KILLED and its checkpoint kept: run the same command to resume"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so it unwinds like Ctrl-C: the run ends KILLED."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def handle_sigterm() -> None:
+    """Turn SIGTERM into `Terminated` in this process (signals can only be set on the main thread;
+    a launcher's worker thread keeps the default)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> "NoReturn":  # noqa: F821
@@ -83,6 +106,7 @@ def _task(cfg: DictConfig) -> float:
     from kdexp.sweep import parent_for_job, threads_per_job
 
     hydra_cfg = HydraConfig.get()
+    handle_sigterm()  # again here: a launcher's worker process runs jobs without `main`
     try:
         parent = parent_for_job(hydra_cfg, cfg.tracking)
         if parent is not None and cfg.trainer.threads == 0:
@@ -95,11 +119,18 @@ def _task(cfg: DictConfig) -> float:
         fail(str(err))
     except NonFiniteLoss as err:
         fail(str(err), code=1)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        where = f" while writing {err.filename}" if err.filename else ""
+        fail(f"no space left on the device{where}; the run is marked FAILED and its last complete "
+             f"checkpoint kept: free some space (or move trainer.checkpoint_dir) and run the same "
+             f"command to resume", code=1)
 
 
 def check_output_dirs(args: list[str]) -> None:
     """Refuse an output folder that cannot be created before Hydra tries (its error is a traceback)."""
-    from kdexp.tracking import _unwritable
+    from kdexp.paths import unwritable
 
     folders = {"hydra.run.dir": "outputs", "hydra.sweep.dir": "outputs"}
     for arg in args:
@@ -107,7 +138,7 @@ def check_output_dirs(args: list[str]) -> None:
         if key in folders and value:
             folders[key] = value.split("${")[0] or "."
     for key, folder in folders.items():
-        reason = _unwritable(Path(folder).absolute())
+        reason = unwritable(Path(folder).absolute())
         if reason:
             fail(f"{key}: cannot create output folder {Path(folder).absolute()}: {reason}")
 
@@ -117,10 +148,26 @@ def main() -> None:
     if not os.environ.get("HYDRA_FULL_ERROR"):
         check_group_choices(args)
         check_output_dirs(args)
+    from kdexp.sweep import SweepRefused, close_interrupted_sweep
+
+    handle_sigterm()
     try:
         _task()
-    except KeyboardInterrupt:
-        fail("interrupted; the run is marked KILLED and its checkpoint kept: run the same command to resume", 130)
+    except SweepRefused as err:
+        fail(str(err))
+    except SystemExit as stop:  # a job's one-line error ends the whole sweep: close its parent
+        if stop.code not in (0, None):
+            close_interrupted_sweep("FAILED")
+        raise
+    except KeyboardInterrupt as err:
+        # A second signal while closing would print a traceback: closing is short, let it finish.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        parent = close_interrupted_sweep()
+        sweep = f"; sweep parent run {parent} closed as KILLED" if parent else ""
+        if isinstance(err, Terminated):
+            fail(f"terminated (SIGTERM); {RESUME_HINT}{sweep}", EXIT_TERMINATED)
+        fail(f"interrupted; {RESUME_HINT}{sweep}", EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -182,6 +182,8 @@ class TrainerConfig:
     # and an interrupted one resumes from its checkpoints; force = always a new run from scratch.
     rerun: str = "skip"
     checkpoint_dir: str = "outputs/checkpoints"
+    # Keep a FINISHED run's per-epoch checkpoints (they are removed by default: outputs/ would grow).
+    keep_checkpoints: bool = False
 
 
 @dataclass

@@ -370,12 +370,17 @@ def _run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None, parent_r
 
 
 def _track(cfg, hydra_dir, dataset, device, run, checkpoints, started: float) -> float:
-    """Everything inside the MLflow run: a raise ends it FAILED (KILLED on Ctrl-C), error recorded."""
+    """Everything inside the MLflow run: a raise ends it FAILED (KILLED on Ctrl-C or SIGTERM),
+    error recorded, checkpoints kept for the resume; a FINISHED run's checkpoints are removed
+    unless `trainer.keep_checkpoints`."""
     from kdexp import plots
     from kdexp.methods import REGISTRY
 
     try:
-        run.params(config_mod.flatten(cfg))
+        changed = run.params(config_mod.flatten(cfg))
+        if changed:
+            console.print(f"kdexp: resumed with other values of {', '.join(changed)} (settings that do not "
+                          f"change results); recorded as tags kdexp.resumed_with.*", markup=False)
         run.text(OmegaConf.to_yaml(cfg), "config.yaml")
         if hydra_dir is not None:
             run.folder(hydra_dir, "hydra")
@@ -398,6 +403,8 @@ def _track(cfg, hydra_dir, dataset, device, run, checkpoints, started: float) ->
     except BaseException as err:
         run.fail(err)
         raise
+    if not cfg.trainer.keep_checkpoints:
+        checkpoints.remove()  # only for resuming, and a FINISHED run is never resumed
     rows = outcome.rows + [("device", describe_device(device, cfg.trainer.precision, cfg.trainer.compile)), ("wall time", f"{wall:.1f} s")]
     summary(f"kdexp · {cfg.loss.name} · {cfg.data.name}", rows,
             [f"MLflow run {run.run_id} in experiment '{cfg.tracking.experiment}' ({run.uri})",

@@ -8,13 +8,13 @@ MLflow runs in a store experiment (`<tracking.experiment>-store`) holding `model
 dict; `{"train": logits}` for a logits entry) and `history.json`, found by the tag
 `kdexp.store_key`: so the store works the same on a local sqlite store and on a remote tracking
 server. A file lock per key makes parallel jobs of a sweep train each model once: the first
-trains, the others wait and load.
+trains, the others wait and load. An entry whose files are gone (a deleted `mlruns/`) is marked
+FAILED in the store and the model trained again, with one line saying so.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 from pathlib import Path
@@ -66,15 +66,13 @@ def logits_key_for(model_key: str, precision: str = "32") -> tuple[str, dict]:
 
 @contextlib.contextmanager
 def key_lock(lock_dir: str | Path, key: str) -> Iterator[None]:
-    """Exclusive lock on one key across processes (blocking)."""
+    """Exclusive lock on one key across processes (blocking; `filelock` works on every OS)."""
+    from filelock import FileLock
+
     folder = Path(lock_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{key}.lock", "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with FileLock(str(folder / f"{key}.lock")):
+        yield
 
 
 class ModelStore:
@@ -91,10 +89,15 @@ class ModelStore:
         """Returns (source, store run id, history). `train()` returns (state_dict, history);
         `load_into(state_dict)` loads a stored one. source is 'store' on a hit, 'trained' otherwise."""
         from kdexp import tracking
+        from kdexp.console import console
+
+        def lost(run_id: str, reason: str) -> None:
+            console.print(f"kdexp: store entry {run_id} ({label}) is unusable: {reason}; "
+                          f"marked FAILED, training it again", markup=False, highlight=False)
 
         with key_lock(self.lock_dir, key):
             if self.reuse:
-                found = tracking.find_stored(self.experiment, key)
+                found = tracking.find_stored(self.experiment, key, lost)
                 if found is not None:
                     run_id, state, history = found
                     load_into(state)

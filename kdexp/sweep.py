@@ -1,7 +1,8 @@
 """Multirun → MLflow structure: a Hydra callback that opens one parent run per sweep.
 
 It runs in the launching process, so it also creates the store and the experiment before any
-job starts (concurrent first-time sqlite migrations race). Jobs find their parent through the
+job starts. Every launch gets its own parent run (and, through `${kdexp.launch:}` in
+`hydra.sweep.dir`, its own folder), even two launched in the same second. Jobs find their parent through the
 environment (inherited by joblib, submitit and SLURM jobs) or, where it does not reach them (Ray
 workers inherit the environment of `ray start`, not of the launcher), by the sweep folder tag.
 """
@@ -27,13 +28,22 @@ def sweep_dir_of(hydra_cfg) -> str:
     return str(folder.resolve())
 
 
+class SweepRefused(BaseException):
+    """The base config of a sweep is bad: one line, before any job. A BaseException, like
+    KeyboardInterrupt, so that Hydra's error report (a traceback for any Exception) lets it
+    through to the entry point, which prints it."""
+
+
 class MlflowSweep(Callback):
+    # The parent run this process has open, so that an interrupt (Ctrl-C, SIGTERM), which skips
+    # `on_multirun_end`, can still close it.
+    open_parent: str | None = None
+
     def __init__(self) -> None:
         self.parent_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from kdexp import tracking
-        from kdexp.cli import fail
         from kdexp.config import ConfigError, validate
         from kdexp.store import ModelStore
 
@@ -44,10 +54,11 @@ class MlflowSweep(Callback):
             # e.g. a Ray worker's), and parallel jobs never race to create it.
             tracking.prepare(typed.tracking.uri, ModelStore(typed.store, typed.tracking).experiment)
         except ConfigError as err:
-            fail(str(err))
+            raise SweepRefused(str(err)) from None
         overrides = list(config.hydra.overrides.task)
         self.parent_id = tracking.start_sweep(typed.tracking.uri, typed.tracking.experiment,
                                               sweep_dir_of(config.hydra), overrides)
+        MlflowSweep.open_parent = self.parent_id
         os.environ[tracking.SWEEP_ENV] = self.parent_id
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -60,6 +71,24 @@ class MlflowSweep(Callback):
                 print(f"kdexp: best job: {best['overrides']} → {best['objective']} = {best['value']:.2f} "
                       f"(run {best['run_id']}); compare all jobs with: kdexp-report")
             os.environ.pop(tracking.SWEEP_ENV, None)
+            MlflowSweep.open_parent = None
+
+
+def close_interrupted_sweep(status: str = "KILLED") -> str | None:
+    """Close this process's open sweep parent, which `on_multirun_end` will not (Ctrl-C, SIGTERM:
+    KILLED; a job that stopped the sweep with an error: FAILED); returns its id."""
+    from kdexp import tracking
+
+    parent = MlflowSweep.open_parent
+    if parent is None:
+        return None
+    MlflowSweep.open_parent = None
+    os.environ.pop(tracking.SWEEP_ENV, None)
+    try:
+        tracking.end_sweep(parent, status=status)
+    except Exception:  # noqa: BLE001 - the store itself may be the trouble; the interrupt is what to report
+        return None
+    return parent
 
 
 def _opens_parents(hydra_cfg) -> bool:

@@ -96,7 +96,7 @@ def test_optuna_search_reports_the_best_trial(tmp_path):
 def test_two_identical_sweeps_at_once_in_one_folder(tmp_path):
     """Both finish; each job's config runs once (the other waits on its lock, then skips it);
     the store has one teacher and every checkpoint folder belongs to one run."""
-    args = [sys.executable, "-m", "kdexp", "-m", "loss.temperature=2,4", *QUIET]
+    args = [sys.executable, "-m", "kdexp", "-m", "loss.temperature=2,4", *QUIET, "trainer.keep_checkpoints=true"]
     # The launching process creates the store; create it first, as a parallel launch would.
     kdexp(["--cfg", "job"], tmp_path)
     from kdexp.tracking import prepare

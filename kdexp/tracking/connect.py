@@ -1,0 +1,194 @@
+"""Opening the MLflow store: which store, whether it can work, creating it once, paging through it.
+
+Store: `tracking.uri`, else `MLFLOW_TRACKING_URI`, else MLflow's own default `sqlite:///mlflow.db`
+in the working folder, with artifacts under `./mlruns`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Callable, Iterator
+
+from kdexp.config import ConfigError
+from kdexp.paths import unwritable
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+PAGE = 1000  # runs per search request
+
+# MLflow's first use of a sqlite store runs alembic migrations that log a page of INFO lines.
+# Creating an experiment logs an INFO line too; kdexp's own output says where the run is.
+for _name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+# Loading a store entry would draw a progress bar per download between kdexp's own lines, which
+# already say what was loaded; set the variable to true to see them.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the `kdexp` package
+
+
+def resolve_uri(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the repository kdexp itself runs from (a source checkout, `pip install -e`),
+    not of the working folder: an experiment folder is usually no repository, or another one.
+    None for an installed wheel (its folder is no repository root)."""
+    try:
+        out = subprocess.run(["git", "-C", str(_PACKAGE_ROOT), "rev-parse", "--show-toplevel", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.split()
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != _PACKAGE_ROOT:
+        return None  # site-packages inside some other repository is not kdexp's commit
+    return lines[1]
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a local sqlite URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?")[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def check_local_store(uri: str) -> None:
+    """Refuse, in one line, a local sqlite store that cannot work: its folder or the artifact
+    folder (./mlruns) unwritable, a database file that is not sqlite, or an sqlite database of
+    something else (MLflow would add its tables to it). Such a file is never touched."""
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    for folder in (db.parent, Path("mlruns")):
+        reason = unwritable(folder.absolute())
+        if reason:
+            raise ConfigError(f"tracking.uri={uri}: cannot write there: {reason}")
+    if not db.is_file() or db.stat().st_size == 0:
+        return
+    with open(db, "rb") as handle:
+        if handle.read(16) != b"SQLite format 3\x00":
+            raise ConfigError(f"tracking.uri={uri}: {db.absolute()} is not an sqlite database (left untouched)")
+    tables = _tables(db)
+    if tables and not {"experiments", "alembic_version"} & set(tables):
+        raise ConfigError(f"tracking.uri={uri}: {db.absolute()} is an sqlite database but not an MLflow store "
+                          f"(tables: {', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}); left untouched: "
+                          f"point tracking.uri at another file")
+
+
+def _tables(db: Path) -> list[str]:
+    """Table names of an sqlite file, opened read-only (nothing is written, not even a journal)."""
+    connection = sqlite3.connect(f"file:{db.absolute()}?mode=ro", uri=True)
+    try:
+        return sorted(row[0] for row in connection.execute("select name from sqlite_master where type='table'"))
+    except sqlite3.DatabaseError as err:
+        raise ConfigError(f"tracking.uri=sqlite:///{db}: {db.absolute()} cannot be read as sqlite ({err}); "
+                          f"left untouched") from None
+    finally:
+        connection.close()
+
+
+@contextlib.contextmanager
+def creation_lock(uri: str) -> Iterator[None]:
+    """Serialise the first contact with a local sqlite store across processes: MLflow creates and
+    migrates a new database then, and two processes doing it at once break each other (alembic's
+    "table experiments already exists", "duplicate column"). A server migrates its own store."""
+    from filelock import FileLock
+
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    with FileLock(str(db.absolute().parent / f".{db.name}.lock")):
+        yield
+
+
+_READY: set[str] = set()  # stores this process has opened (created, migrated) already
+
+
+def open_store(uri: str) -> None:
+    """Create and migrate the store behind `uri` once per process, under the creation lock."""
+    import mlflow
+
+    db = sqlite_path(uri)
+    where = str(db.absolute()) if db is not None else uri  # a relative path is another file elsewhere
+    if where in _READY:
+        return
+    check_local_store(uri)
+    with creation_lock(uri):
+        fresh = db is not None and (not db.is_file() or db.stat().st_size == 0)
+        try:
+            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        except Exception:
+            if fresh:  # half-created (a full disk): gone, so that the next try starts clean
+                for leftover in (db, Path(f"{db}-journal"), Path(f"{db}-wal"), Path(f"{db}-shm")):
+                    leftover.unlink(missing_ok=True)
+            raise
+    _READY.add(where)
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of experiment `name`, created if missing; a process that loses the race to create
+    it picks up the winner's."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def prepare(uri: str | None, experiment: str) -> tuple[str, str]:
+    """Create the store and the experiment (idempotent, safe from parallel processes); make them
+    MLflow's current ones; returns (uri, experiment_id)."""
+    import mlflow
+
+    uri = resolve_uri(uri)
+    try:
+        open_store(uri)
+        mlflow.set_tracking_uri(uri)
+        exp_id = experiment_id(mlflow.MlflowClient(), experiment)
+        mlflow.set_experiment(experiment_id=exp_id)
+    except ConfigError:
+        raise
+    except Exception as err:  # MlflowException, sqlalchemy errors, connection errors: all one line
+        cause = " ".join(str(err).split())[:300]
+        raise ConfigError(f"tracking.uri={uri}: cannot open experiment {experiment!r} ({type(err).__name__}: {cause})") from None
+    return uri, exp_id
+
+
+def client(uri: str | None = None):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=resolve_uri(uri) if uri else None)
+
+
+def search_all(client, experiment_ids: list[str], filter_string: str, **kwargs) -> list:
+    """Every run matching `filter_string`, through MLflow's own pagination helper."""
+    from mlflow.utils import get_results_from_paginated_fn
+
+    search: Callable = lambda size, token: client.search_runs(  # noqa: E731
+        experiment_ids, filter_string=filter_string, max_results=size, page_token=token, **kwargs)
+    return get_results_from_paginated_fn(search, PAGE)
+
+
+def ui_hint(uri: str | None, experiment_id: str, run_id: str) -> str:
+    """Where to look at a run: its page on a server, or the `mlflow ui` command for a local store."""
+    uri = resolve_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"mlflow ui --backend-store-uri {uri}   (then open experiment {experiment_id}, run {run_id})"

@@ -1,0 +1,87 @@
+"""The model store's backend: trained models (and logits) as runs of a store experiment.
+
+An entry is a run tagged `kdexp.store_key` with the artifacts `entry/model.pt` and
+`entry/history.json`. Callers hold the key's file lock, so for one key nothing else writes here:
+an entry of that key still RUNNING is a writer that died (marked FAILED), and an entry whose files
+are gone (a deleted `mlruns/`, a database copied without its artifacts) is marked FAILED with the
+reason, so that the model is trained again instead of failing every later run.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from kdexp.config import flatten
+from kdexp.tracking.connect import client, experiment_id, search_all
+from kdexp.tracking.runs import PARAM_LIMIT
+
+LOST_TAG = "kdexp.store_lost"  # why an entry was given up: its files are gone, or its writer died
+
+
+def _entries(mlflow_client, exp_id: str, key: str, status: str) -> list:
+    return search_all(mlflow_client, [exp_id],
+                      f"tags.`kdexp.store_key` = '{key}' and attributes.status = '{status}'",
+                      order_by=["attributes.start_time ASC"])
+
+
+def _give_up(mlflow_client, run_id: str, reason: str) -> None:
+    mlflow_client.set_tag(run_id, LOST_TAG, reason[:5000])
+    mlflow_client.set_terminated(run_id, "FAILED")
+
+
+def find_stored(experiment: str, key: str,
+                on_lost: Callable[[str, str], None] = lambda run_id, reason: None) -> tuple[str, dict, dict] | None:
+    """(run id, state dict, history) of the oldest usable FINISHED entry for `key`, or None.
+    Unusable entries are marked FAILED and reported through `on_lost(run_id, reason)`.
+    The state dict is loaded with `weights_only=True`: nothing stored can execute code."""
+    import mlflow
+    import torch
+
+    mlflow_client = client()
+    exp = mlflow_client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    for orphan in _entries(mlflow_client, exp.experiment_id, key, "RUNNING"):
+        _give_up(mlflow_client, orphan.info.run_id, "its writer stopped before it was complete")
+    for entry in _entries(mlflow_client, exp.experiment_id, key, "FINISHED"):
+        run_id = entry.info.run_id
+        try:
+            with tempfile.TemporaryDirectory(prefix="kdexp-store-") as tmp:
+                folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="entry", dst_path=tmp))
+                state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+                history = json.loads((folder / "history.json").read_text())
+        except Exception as err:  # noqa: BLE001 - MlflowException, OSError, a damaged file: all mean "gone"
+            reason = f"its files cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:300]})"
+            _give_up(mlflow_client, run_id, reason)
+            on_lost(run_id, reason)
+            continue
+        return run_id, state, history
+    return None
+
+
+def save_stored(experiment: str, key: str, payload: dict, label: str, state: dict, history: dict) -> str:
+    """Record a trained model as a FINISHED run of the store experiment; returns its run id."""
+    import torch
+
+    mlflow_client = client()
+    exp_id = experiment_id(mlflow_client, experiment)
+    run = mlflow_client.create_run(exp_id, run_name=f"{label} {key[:8]}",
+                                   tags={"kdexp.store_key": key, "kdexp.role": "store", "kdexp.label": label})
+    try:
+        for name, value in flatten(payload).items():
+            mlflow_client.log_param(run.info.run_id, name, value[:PARAM_LIMIT])
+        with tempfile.TemporaryDirectory(prefix="kdexp-store-") as tmp:
+            torch.save(state, Path(tmp) / "model.pt")
+            (Path(tmp) / "history.json").write_text(json.dumps(history))
+            mlflow_client.log_artifacts(run.info.run_id, tmp, "entry")
+    except BaseException:
+        try:
+            mlflow_client.set_terminated(run.info.run_id, "FAILED")
+        except Exception:  # noqa: BLE001 - a full disk may refuse this too; the cause is raised below
+            pass
+        raise
+    mlflow_client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id

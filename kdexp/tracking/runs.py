@@ -1,0 +1,111 @@
+"""The run writer: one MLflow run's params, per-epoch metrics, tags, artifacts and final status."""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+from typing import Any
+
+from kdexp.tracking.connect import prepare, ui_hint
+
+PARAM_LIMIT = 6000  # MLflow's limit on a param value
+CHANGED_PREFIX = "kdexp.resumed_with."  # tag of a setting changed since the run started
+
+
+class Run:
+    """One MLflow run. A resumed run keeps the params it started with (MLflow refuses to change a
+    param); a setting that differs on resume is recorded as a tag `kdexp.resumed_with.<key>`."""
+
+    def __init__(self, tracking_cfg, run_name: str | None, tags: dict[str, str],
+                 parent_run_id: str | None = None, resume_run_id: str | None = None):
+        import mlflow
+
+        self.mlflow = mlflow
+        self.uri, self.experiment_id = prepare(tracking_cfg.uri, tracking_cfg.experiment)
+        self.resumed = resume_run_id is not None
+        if resume_run_id:
+            self.run = mlflow.start_run(run_id=resume_run_id)
+            if parent_run_id and self.run.data.tags.get("mlflow.parentRunId") != parent_run_id:
+                # Resumed by a later sweep: it belongs to the sweep that finishes it, and the
+                # sweep it started in is remembered.
+                old = self.run.data.tags.get("mlflow.parentRunId")
+                mlflow.set_tags({"mlflow.parentRunId": parent_run_id, **({"kdexp.first_parent": old} if old else {})})
+        else:
+            self.run = mlflow.start_run(run_name=tracking_cfg.run_name or run_name, tags=tags,
+                                        parent_run_id=parent_run_id)
+        self.run_id = self.run.info.run_id
+
+    def logged_steps(self, key: str) -> set[int]:
+        return {m.step for m in self.mlflow.MlflowClient().get_metric_history(self.run_id, key)}
+
+    # --- logging ---
+    def params(self, params: dict[str, Any]) -> list[str]:
+        """Log params; on a resumed run only those it lacks, and changed ones as tags (their
+        names are returned)."""
+        values = {k: str(v)[:PARAM_LIMIT] for k, v in params.items()}
+        changed: dict[str, str] = {}
+        if self.resumed:
+            logged = self.mlflow.MlflowClient().get_run(self.run_id).data.params
+            changed = {k: v for k, v in values.items() if k in logged and logged[k] != v}
+            if changed:
+                self.mlflow.set_tags({f"{CHANGED_PREFIX}{k}": f"{v} (was {logged[k]})"[:5000]
+                                      for k, v in changed.items()})
+            values = {k: v for k, v in values.items() if k not in logged}
+        if values:
+            self.mlflow.log_params(values)
+        return sorted(changed)
+
+    def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.mlflow.log_metrics({k.replace("@", "_"): float(v) for k, v in metrics.items()}, step=step)
+
+    def tags(self, tags: dict[str, str]) -> None:
+        self.mlflow.set_tags(tags)
+
+    def text(self, text: str, path: str) -> None:
+        self.mlflow.log_text(text, path)
+
+    def figure(self, figure, path: str) -> None:
+        self.mlflow.log_figure(figure, path)
+
+    def folder(self, folder: str | Path, artifact_path: str) -> None:
+        if Path(folder).is_dir():
+            self.mlflow.log_artifacts(str(folder), artifact_path)
+
+    def model(self, model, name: str, example) -> str:
+        """Log a torch model so that `mlflow.pytorch.load_model(uri)` loads it; returns the uri."""
+        import mlflow.pytorch
+        import torch
+
+        info = mlflow.pytorch.log_model(
+            model, name=name, input_example=example,
+            # Pinning avoids MLflow's slow requirement inference (it imports the world).
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+        return info.model_uri
+
+    # --- ending ---
+    def finish(self) -> None:
+        if self.resumed:  # an earlier attempt's error no longer describes this run
+            client = self.mlflow.MlflowClient()
+            if "error" in client.get_run(self.run_id).data.tags:
+                client.delete_tag(self.run_id, "error")
+        self.mlflow.end_run(status="FINISHED")
+
+    def fail(self, err: BaseException) -> None:
+        """End as FAILED (KILLED on Ctrl-C or SIGTERM), the error recorded as a tag and a text
+        artifact where the store can still take them (a full disk may refuse the artifact, or
+        everything: the status is still attempted, and no failure here hides `err`)."""
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        for record in (lambda: self.mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000]),
+                       lambda: self.mlflow.log_text("".join(traceback.format_exception(err)), "error.txt")):
+            try:
+                record()
+            except Exception:  # noqa: BLE001 - best effort: the status below matters more
+                pass
+        try:
+            self.mlflow.end_run(status=status)
+        except Exception:  # noqa: BLE001 - the run stays open in the store; `err` is what to report
+            pass
+
+    def ui_hint(self) -> str:
+        return ui_hint(self.uri, self.experiment_id, self.run_id)

@@ -1,0 +1,123 @@
+"""The sweep lifecycle: one parent run per multirun launch, a nested child per job."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from pathlib import Path
+
+from kdexp.tracking.connect import client, git_commit, open_store, prepare, resolve_uri, search_all
+from kdexp.tracking.reader import REUSED_PREFIX, RunRecord, jobs_of, record
+
+SWEEP_ENV = "KDEXP_PARENT_RUN_ID"
+
+
+def start_sweep(uri: str | None, experiment: str, sweep_dir: str, overrides: list[str]) -> str:
+    """A new parent run for this launch; returns its id. Parents still RUNNING whose launcher
+    on this machine is gone (killed with -9: nothing could close them) are closed as KILLED."""
+    _, exp_id = prepare(uri, experiment)
+    mlflow_client = client()
+    _close_orphans(mlflow_client, exp_id)
+    name = f"sweep {Path(sweep_dir).name}: {' '.join(overrides) or '(no overrides)'}"
+    run = mlflow_client.create_run(exp_id, run_name=name[:250], tags={
+        "kdexp.role": "sweep", "kdexp.sweep_dir": sweep_dir, LAUNCHER_TAG: _launcher(),
+        "kdexp.sweep_overrides": " ".join(overrides), **({"git_commit": c} if (c := git_commit()) else {}),
+    })
+    return run.info.run_id
+
+
+LAUNCHER_TAG = "kdexp.launcher"  # host:pid of the process that opened a parent run
+
+
+def _launcher(pid: int | None = None) -> str:
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def _close_orphans(mlflow_client, exp_id: str) -> None:
+    running = search_all(mlflow_client, [exp_id], "tags.`kdexp.role` = 'sweep' and attributes.status = 'RUNNING'")
+    host = socket.gethostname()
+    for parent in running:
+        where, _, pid = parent.data.tags.get(LAUNCHER_TAG, "").rpartition(":")
+        if where == host and pid.isdigit() and not _alive(int(pid)):
+            mlflow_client.set_tag(parent.info.run_id, "kdexp.closed_by", f"{_launcher()}: its launcher was gone")
+            mlflow_client.set_terminated(parent.info.run_id, "KILLED")
+
+
+def note_reused(parent_id: str, overrides: list[str], run_id: str) -> None:
+    """A sweep job skipped because its config already FINISHED: point the parent at that run
+    (one tag per job, so parallel jobs never overwrite each other)."""
+    digest = hashlib.sha1(" ".join(overrides).encode()).hexdigest()[:10]
+    client().set_tag(parent_id, f"{REUSED_PREFIX}{digest}", f"{run_id} {' '.join(overrides)}"[:5000])
+
+
+def find_sweep_parent(experiment: str, sweep_dir: str, uri: str | None = None) -> str | None:
+    """The newest parent run tagged with this sweep folder in the store `uri` (resolved as everywhere)."""
+    uri = resolve_uri(uri)
+    open_store(uri)  # a job may be the first process to touch the store: create it under the lock
+    mlflow_client = client(uri)
+    exp = mlflow_client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = mlflow_client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`kdexp.role` = 'sweep' and tags.`kdexp.sweep_dir` = '{sweep_dir}'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def _objective(job: RunRecord) -> tuple[str, float | None]:
+    name = job.tags.get("kdexp.objective", "student_acc")
+    return name, job.metrics.get(name)
+
+
+def _table(jobs: list[RunRecord]) -> str:
+    """The parent's description: every job with its status and objective, best first."""
+    def rank(job: RunRecord) -> tuple:
+        value = _objective(job)[1]
+        return (job.status != "FINISHED" or value is None, -(value or 0.0))
+
+    lines = ["| job | status | objective | run |", "|---|---|---|---|"]
+    for job in sorted(jobs, key=rank):
+        name, value = _objective(job)
+        how = " (reused)" if "kdexp.reused_in" in job.tags else ""
+        shown = f"{name} = {value:.2f}" if value is not None else "-"
+        lines.append(f"| {job.tags.get('overrides', job.name)} | {job.status}{how} | {shown} | {job.run_id} |")
+    return "\n".join(lines)
+
+
+def end_sweep(parent_id: str, status: str | None = None) -> tuple[str, dict | None]:
+    """Close the parent: FINISHED when every job finished, else FAILED (or `status`, e.g. KILLED
+    on an interrupt). Every job counts: nested, resumed and reused. Tags and returns the best
+    finished job by its objective as {run_id, overrides, objective, value}."""
+    mlflow_client = client()
+    parent = record(mlflow_client.get_run(parent_id))
+    jobs = jobs_of(mlflow_client, parent)
+    statuses = [job.status for job in jobs]
+    if status is None:
+        status = "FINISHED" if all(s == "FINISHED" for s in statuses) else "FAILED"
+    mlflow_client.set_tag(parent_id, "kdexp.jobs", f"{statuses.count('FINISHED')}/{len(statuses)} finished")
+    mlflow_client.set_tag(parent_id, "mlflow.note.content", _table(jobs)[:60000])
+    best = None
+    for job in jobs:
+        objective, value = _objective(job)
+        if job.status == "FINISHED" and value is not None and (best is None or value > best["value"]):
+            best = {"run_id": job.run_id, "overrides": job.tags.get("overrides", ""),
+                    "objective": objective, "value": value}
+    if best is not None:
+        mlflow_client.set_tag(parent_id, "kdexp.best_run", best["run_id"])
+        mlflow_client.set_tag(parent_id, "kdexp.best_overrides", best["overrides"])
+        mlflow_client.log_metric(parent_id, f"best_{best['objective']}", best["value"])
+    mlflow_client.set_terminated(parent_id, status)
+    return status, best
