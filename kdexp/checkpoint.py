@@ -10,8 +10,6 @@ Files are written atomically and loaded with `weights_only=True`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import pickle
 import zipfile
@@ -19,36 +17,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from omegaconf import OmegaConf
 
 from kdexp.config import ConfigError
+from kdexp.identity import run_key  # noqa: F401  (the run identity lives in kdexp/identity.py)
 from kdexp.store import key_lock
-
-# Settings that do not change what a run computes, so they are not part of its identity.
-_NOT_IDENTITY = {
-    "trainer": ("progress", "threads", "rerun", "checkpoint_dir"),
-    "tracking": ("uri", "run_name", "log_model"),
-    "store": None,  # reusing a stored teacher gives the same weights as retraining it
-}
 
 
 class CheckpointError(ConfigError):
     """A checkpoint file that cannot be read; the message names the file and the cause."""
-
-
-def run_key(cfg, device: str | None = None) -> str:
-    """Hash of the resolved config without the settings in `_NOT_IDENTITY`. `device` is what
-    `trainer.device` resolved to here, so that `auto` and the device it picks are one run."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    if device is not None:
-        plain["trainer"]["device"] = device
-    for section, keys in _NOT_IDENTITY.items():
-        if keys is None:
-            plain.pop(section, None)
-        else:
-            for key in keys:
-                plain.get(section, {}).pop(key, None)
-    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:24]
 
 
 @contextlib.contextmanager
