@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from omegaconf import OmegaConf
 from torch import nn
 
 from kdexp.models import count_params, describe
@@ -47,7 +48,7 @@ class Method:
         if not cls.composes_terms and not is_plain(cfg):
             key = "hint" if is_plain_kd(cfg) else "kd"
             composing = ", ".join(f"loss={n}" for n, c in FAMILIES.items() if c.composes_terms)
-            require(False, key, cfg[key].name, f"loss={cls.name} does not compose distillation terms "
+            require(False, key, OmegaConf.to_container(cfg[key]), f"loss={cls.name} does not compose distillation terms "
                     f"(only {composing} does); use kd=hinton hint=none with loss={cls.name}")
 
     @classmethod
