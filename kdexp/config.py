@@ -88,6 +88,9 @@ class TrainerConfig:
     # unchanged). Pays seconds of compilation per model and shape; pays off for big models on GPUs.
     compile: bool = False
     progress: bool = True
+    # A teacher that ends at chance level fails the run before a student is distilled from it
+    # (false: smoke tests on synthetic data that no model can learn).
+    fail_at_chance: bool = True
     # What re-running a config that already has a run does: skip = a FINISHED run is not repeated
     # and an interrupted one resumes from its checkpoints; force = always a new run from scratch.
     rerun: str = "skip"

@@ -174,10 +174,11 @@ class Context:
     def _refuse_chance_level(self, history: History, role: str) -> None:
         """A teacher at chance level fails the run before any student is distilled from it."""
         acc, chance = history.last(f"{role}/test_acc"), 100.0 / self.dataset.num_classes
-        if acc <= CHANCE_FACTOR * chance:
+        if self.cfg.trainer.fail_at_chance and acc <= CHANCE_FACTOR * chance:
             raise Diverged(f"{role} ended at chance level ({acc:.2f} % on {self.dataset.num_classes} classes, "
                            f"chance {chance:.2f} %); the run FAILED before distilling a student; likely cause: "
-                           f"optim.lr={self.cfg.optim.lr:g} (too high or too low), or too few trainer.teacher_epochs")
+                           f"optim.lr={self.cfg.optim.lr:g} (too high or too low), or too few trainer.teacher_epochs "
+                           f"(trainer.fail_at_chance=false lets it pass)")
 
     def baseline(self, model_cfg, init_role: str, role: str = "baseline") -> History:
         """The student trained alone from the same initialisation and schedule as `init_role`."""

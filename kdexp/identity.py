@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 # Settings that do not change what a run computes, so they are not part of its identity.
 NOT_IDENTITY: dict[str, tuple[str, ...] | None] = {
-    "trainer": ("progress", "threads", "rerun", "checkpoint_dir", "keep_checkpoints"),
+    "trainer": ("progress", "threads", "rerun", "checkpoint_dir", "keep_checkpoints", "fail_at_chance"),
     "tracking": ("uri", "run_name", "log_model"),
     "store": None,  # reusing a stored teacher gives the same weights as retraining it
 }
