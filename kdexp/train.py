@@ -194,7 +194,7 @@ class Loop:
                         terms = phase.loss(x, y, idx)
                     loss = terms["loss"]
                     self._check_finite(loss, phase, epoch, step)
-                    if first_loss is None:
+                    if first_loss is None and first_epoch == 1:  # the models as initialised
                         first_loss = float(loss.detach())
                     for p in params:  # = optimizer.zero_grad(set_to_none=True), minus its per-call overhead
                         p.grad = None
