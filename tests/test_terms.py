@@ -1,13 +1,11 @@
 """The distillation terms (kdexp/terms/) against independent re-computations of their papers'
 formulas on fixed tensors, and where gradients go."""
 
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from torch import nn
 
 from kdexp.losses import hinton
 from kdexp.registry import HINT_TERMS, KD_TERMS
