@@ -40,7 +40,6 @@ def test_each_method_finishes_with_a_finite_kd_gain_and_names_itself(store, over
     assert run.data.tags["kd"] == cfg.kd.name
 
 
-@pytest.mark.slow
 def test_the_default_terms_compute_the_loss_of_before_to_the_last_bit(store):
     """The student phase through the Distiller (kd=hinton, hint=none) against the loss kdexp had
     before terms existed, `losses.hinton` on the cached teacher logits, on the same batches."""
