@@ -186,6 +186,8 @@ _FIXED: dict[str, type] = {
 def _seed(raw: DictConfig) -> int:
     """`seed` as an integer: `seed=1.5` (or true, or text) is refused, never truncated."""
     seed = raw.get("seed", 0)
+    if isinstance(seed, str) and seed.strip().lstrip("-").isdigit():  # e.g. from ${oc.env:SEED}
+        seed = int(seed)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed={seed!r} is not allowed; must be an integer")
     return seed

@@ -22,6 +22,11 @@ def test_each_kd_composes_with_the_standard_family(kd):
     assert cfg.kd.name == kd and cfg.hint.name == "none"
 
 
+def test_an_integer_seed_given_as_text_stays_that_integer(monkeypatch):
+    monkeypatch.setenv("KDEXP_TEST_SEED", "7")
+    assert compose_cfg(["seed=${oc.env:KDEXP_TEST_SEED}"]).seed == 7
+
+
 def test_defaults_are_hinton_and_no_hint():
     cfg = compose_cfg([])
     assert (cfg.kd.name, cfg.kd.standardize, cfg.hint.name) == ("hinton", False, "none")
