@@ -55,6 +55,7 @@ BAD = [
     (["loss=multi_teacher", "hint=fitnets"], "hint={'name': 'fitnets'"),
     (["loss=none", "kd=hinton", "kd.standardize=true"], "'standardize': True}"),
     (["+kd.nope=1"], "kd.nope"),
+    (["hint=fitnets", "trainer.compile=true"], "trainer.compile=True is not allowed; hint=fitnets takes features"),
 ]
 
 

@@ -6,12 +6,20 @@ from __future__ import annotations
 from typing import Optional
 
 from kdexp.features import default_layer
+from kdexp.schema import require
 from kdexp.terms.base import FeatureTerm
 
 
 class LayerPairTerm(FeatureTerm):
     """A feature term on one student layer and one teacher layer, named by module path
     (`hint.student`, `hint.teacher`; null = the model's last stage)."""
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        require(not cfg.trainer.compile, "trainer.compile", True,
+                f"hint={cls.name} takes features through forward hooks, which a compiled model skips; "
+                f"use trainer.compile=false")
 
     def __init__(self, cfg, loss_cfg):
         super().__init__(cfg, loss_cfg)
