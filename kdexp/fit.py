@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdexp import data as data_mod
 from kdexp import models as models_mod
 from kdexp.features import Capture
-from kdexp.registry import SECTIONS
+from kdexp.registry import FAMILIES, SECTIONS
 from kdexp.schema import ConfigError
 from kdexp.terms import Outputs
 
@@ -55,7 +55,8 @@ def check_terms_fit(cfg: DictConfig, dataset: data_mod.Dataset) -> None:
         return
     sample = dataset.train.x[:2]
     student = models_mod.build(cfg.student, dataset.input_shape, dataset.num_classes, seed=0).eval()
-    teacher = models_mod.build(cfg.teacher, dataset.input_shape, dataset.num_classes, seed=0).eval()
+    teacher_cfg = FAMILIES[cfg.loss.name].term_teacher(cfg)
+    teacher = models_mod.build(teacher_cfg, dataset.input_shape, dataset.num_classes, seed=0).eval()
     for term in terms:
         term.resolve(student, teacher)
         with Capture(student, term.student_layers(), "hint.student") as s_cap, \

@@ -26,6 +26,7 @@ METHODS = [
     ["hint=at", "model@student=cnn", "student.channels=[8,16]"],
     ["hint=at", "model@teacher=resnet8", "model@student=resnet8", "student.widths=[8,8,16,32]"],
     ["kd=dkd", "hint=fitnets", "hint.weight=1"],
+    ["loss=self", "loss.mode=born_again", "loss.generations=1", "kd=dist", "hint=at"],
 ]
 
 

@@ -27,6 +27,11 @@ def test_an_integer_seed_given_as_text_stays_that_integer(monkeypatch):
     assert compose_cfg(["seed=${oc.env:KDEXP_TEST_SEED}"]).seed == 7
 
 
+def test_born_again_generations_compose_the_terms():
+    cfg = compose_cfg(["loss=self", "loss.mode=born_again", "kd=dkd", "hint=fitnets"])
+    assert (cfg.kd.name, cfg.hint.name) == ("dkd", "fitnets")
+
+
 def test_defaults_are_hinton_and_no_hint():
     cfg = compose_cfg([])
     assert (cfg.kd.name, cfg.kd.standardize, cfg.hint.name) == ("hinton", False, "none")
@@ -52,6 +57,7 @@ BAD = [
     (["hint=at"], "model@student"),
     (["hint=at", "model@student=cnn", "model@teacher=mlp"], "model@teacher"),
     (["loss=online", "kd=dkd"], "kd={'name': 'dkd'"),
+    (["loss=self", "kd=dkd"], "loss=self does not compose distillation terms here"),
     (["loss=multi_teacher", "hint=fitnets"], "hint={'name': 'fitnets'"),
     (["loss=none", "kd=hinton", "kd.standardize=true"], "'standardize': True}"),
     (["+kd.nope=1"], "kd.nope"),

@@ -43,13 +43,23 @@ class Method:
     composes_terms: ClassVar[bool] = False
 
     @classmethod
+    def composes(cls, cfg) -> bool:
+        """Whether the kd= and hint= terms apply to this family with these settings."""
+        return cls.composes_terms
+
+    @classmethod
+    def term_teacher(cls, cfg):
+        """The model config the terms distil from (for the fit checks of their layers)."""
+        return cfg.teacher
+
+    @classmethod
     def check(cls, cfg) -> None:
         """Cross-field checks on the whole typed config (ConfigError, one line)."""
-        if not cls.composes_terms and not is_plain(cfg):
+        if not cls.composes(cfg) and not is_plain(cfg):
             key = "hint" if is_plain_kd(cfg) else "kd"
             composing = ", ".join(f"loss={n}" for n, c in FAMILIES.items() if c.composes_terms)
             require(False, key, OmegaConf.to_container(cfg[key]), f"loss={cls.name} does not compose distillation terms "
-                    f"(only {composing} does); use kd=hinton hint=none with loss={cls.name}")
+                    f"here (only {composing} does); use kd=hinton hint=none with loss={cls.name}")
 
     @classmethod
     def roles(cls, cfg) -> tuple[str, str]:

@@ -8,7 +8,8 @@ batch order, with every exit trained on the labels alone. Every exit is reported
 mode=born_again (Furlanello et al. 2018): generation 0 is the student trained on the labels (from
 the student's initialisation and batch order: the same model as the other families' baseline),
 generation k+1 the same architecture from a fresh initialisation, distilled from frozen generation k
-with Hinton's loss. Generation 0 is the baseline of every later one (`gen{k}_kd_gain`); the fresh
+through the config's `kd=` and `hint=` terms (default: Hinton's loss with loss.temperature and
+loss.alpha). Generation 0 is the baseline of every later one (`gen{k}_kd_gain`); the fresh
 initialisations keep the generations diverse enough for their ensemble to pay.
 """
 
@@ -18,12 +19,13 @@ from dataclasses import dataclass
 
 from kdexp import store as store_mod
 from kdexp.identity import stable_section
-from kdexp.losses import hinton, self_distill
+from kdexp.losses import self_distill
 from kdexp.methods.base import Method, Outcome, register
+from kdexp.methods.distill import Distiller
 from kdexp.model_schema import stage_count
 from kdexp.models import count_params, describe, multi_exit
 from kdexp.schema import require
-from kdexp.train import Phase
+from kdexp.train import Clock, Phase
 
 SELF_MODES = ("byot", "born_again")
 
@@ -48,6 +50,7 @@ class SelfLossConfig:
 class SelfDistillation(Method):
     name = "self"
     schema = SelfLossConfig
+    composes_terms = True  # in mode=born_again: each generation is distilled through kd= and hint=
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -67,6 +70,14 @@ class SelfDistillation(Method):
     @classmethod
     def roles(cls, cfg) -> tuple[str, str]:
         return "(itself)", describe(cfg.student)
+
+    @classmethod
+    def composes(cls, cfg) -> bool:
+        return cfg.loss.mode == "born_again"
+
+    @classmethod
+    def term_teacher(cls, cfg):
+        return cfg.student  # generation k teaches generation k+1, the same architecture
 
     def run(self) -> Outcome:
         return self.born_again() if self.cfg.mode == "born_again" else self.byot()
@@ -147,25 +158,27 @@ class SelfDistillation(Method):
     # --- generations of the same architecture ---
     def born_again(self) -> Outcome:
         ctx, cfg = self.ctx, self.ctx.cfg
-        T, alpha = self.cfg.temperature, self.cfg.alpha
         epochs, augment = cfg.trainer.epochs, ctx.augment_students
         gen0, hist0 = ctx.supervised(cfg.student, "gen0", "student", epochs, augment)
         gen0.eval().requires_grad_(False)
         gens, hists = [gen0], [hist0]
         for k in range(1, self.cfg.generations + 1):
-            teacher_logits = ctx.frozen_logits(gens[-1], f"gen{k - 1}")
             role = f"gen{k}"
             model = ctx.build(cfg.student, role)
-            phase = Phase(
-                name=role,
-                models={role: model},
-                loss=lambda x, y, idx, m=model, t=teacher_logits: hinton(m(x), t(x, idx), y, T, alpha),
-                predict=lambda x, m=model, r=role: {r: m(x)},
-                epochs=epochs,
-                seed=ctx.seed(role),
-                augment=augment,
-            )
-            hists.append(ctx.train(phase))
+            clock = Clock()
+            with Distiller(ctx, model, gens[-1], f"gen{k - 1}", clock) as distiller:
+                phase = Phase(
+                    name=role,
+                    models={role: model},
+                    loss=distiller.loss,
+                    predict=lambda x, m=model, r=role: {r: m(x)},
+                    epochs=epochs,
+                    seed=ctx.seed(role),
+                    augment=augment,
+                    parts=distiller.parts,
+                    clock=clock,
+                )
+                hists.append(ctx.train(phase))
             model.eval().requires_grad_(False)
             gens.append(model)
 
