@@ -2,7 +2,8 @@
 
 A family is one module: its config schema (`schema`, the `loss` section), its cross-field checks
 (`check`), what the tags call its teacher and student (`roles`), whether it composes the `kd=` /
-`hint=` terms (`composes_terms`, refined per config by `composes`), and `run`. It registers by name in `registry.FAMILIES`.
+`hint=` terms (`composes_terms`, refined per config by `composes`), and `run`. It registers by
+name in `registry.FAMILIES`.
 """
 
 from __future__ import annotations
