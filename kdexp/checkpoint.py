@@ -1,4 +1,4 @@
-"""Run identity and per-phase checkpoints, so that re-running a command resumes it.
+"""Per-phase checkpoints, so that re-running a command resumes it (the run identity: kdexp/identity.py).
 
 A run is identified by its resolved config (minus settings that do not change results: progress
 bars, threads, the re-run policy, where things are tracked). Its checkpoints live in
@@ -12,9 +12,7 @@ unless `trainer.keep_checkpoints=true`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
 import os
 import pickle
 import shutil
@@ -23,36 +21,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from omegaconf import OmegaConf
 
 from kdexp.config import ConfigError
 from kdexp.store import key_lock
 
-# Settings that do not change what a run computes, so they are not part of its identity.
-_NOT_IDENTITY = {
-    "trainer": ("progress", "threads", "rerun", "checkpoint_dir", "keep_checkpoints"),
-    "tracking": ("uri", "run_name", "log_model"),
-    "store": None,  # reusing a stored teacher gives the same weights as retraining it
-}
-
 
 class CheckpointError(ConfigError):
     """A checkpoint file that cannot be read; the message names the file and the cause."""
-
-
-def run_key(cfg, device: str | None = None) -> str:
-    """Hash of the resolved config without the settings in `_NOT_IDENTITY`. `device` is what
-    `trainer.device` resolved to here, so that `auto` and the device it picks are one run."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    if device is not None:
-        plain["trainer"]["device"] = device
-    for section, keys in _NOT_IDENTITY.items():
-        if keys is None:
-            plain.pop(section, None)
-        else:
-            for key in keys:
-                plain.get(section, {}).pop(key, None)
-    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:24]
 
 
 @contextlib.contextmanager

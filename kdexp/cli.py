@@ -18,11 +18,8 @@ import hydra
 from omegaconf import DictConfig
 
 from kdexp.config import ConfigError
+from kdexp.paths import CONFIG_DIR
 
-_PACKAGE = Path(__file__).resolve().parent
-# Installed wheels carry the configs inside the package (kdexp/conf); a source checkout keeps
-# them at the top of the repository, next to the package.
-CONFIG_DIR = _PACKAGE / "conf" if (_PACKAGE / "conf" / "config.yaml").is_file() else _PACKAGE.parent / "conf"
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# The allowed values live in the schema (config.py imports no torch, so the CLI starts fast).
-from kdexp.config import AGGREGATES, ONLINE_MODES
+# How several teachers' distributions are combined (loss=multi_teacher), how peers teach each
+# other (loss=online): the families' schemas allow these.
+AGGREGATES = ("mean", "weighted", "confidence")
+ONLINE_MODES = ("dml", "ensemble")
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -1,9 +1,15 @@
-"""Filesystem checks shared by the CLI and the tracking store: one-line reasons, no side effects."""
+"""Where kdexp finds its configs, and why a folder cannot be written: leaf helpers that the CLI,
+the schema and the tracking store share (no kdexp imports, no side effects)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+# Installed wheels carry the configs inside the package (kdexp/conf); a source checkout keeps
+# them at the top of the repository, next to the package.
+CONFIG_DIR = _PACKAGE / "conf" if (_PACKAGE / "conf" / "config.yaml").is_file() else _PACKAGE.parent / "conf"
 
 
 def unwritable(path: Path) -> str | None:

@@ -1,8 +1,14 @@
 """The training loop every loss family shares.
 
 A `Phase` is what one family hands the loop: the models trained together (one optimiser over
-all of them), a function from a batch to named loss terms (the total under `loss`), and a
-function from inputs to the logits of every model judged at evaluation. The loop knows no family.
+all of them, and over the trainable `parts` of its loss terms: a connector, a temperature), a
+function from a batch to named loss terms (the total under `loss`), and a function from inputs to
+the logits of every model judged at evaluation. The loop knows no family. Before each step it sets
+the phase's `clock` (epoch, step, epochs), which loss terms with a schedule read.
+
+A loss that is not finite stops the phase at once (`NonFiniteLoss`); a finite one that ends an epoch
+orders of magnitude above the first step's (`DIVERGED_FACTOR`) stops it as `Diverged`: the run
+failed, and its numbers would not be a result.
 """
 
 from __future__ import annotations
@@ -25,8 +31,28 @@ PredictFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 _GPU_CHECK_EVERY = 50
 
 
+# An epoch whose mean loss exceeds this multiple of the phase's first step's loss has diverged.
+DIVERGED_FACTOR = 1000.0
+
+
 class NonFiniteLoss(RuntimeError):
     """Training produced NaN/inf; the message names the phase, epoch and step."""
+
+
+class Diverged(NonFiniteLoss):
+    """Training blew up (or ended at chance level): finite numbers that are not a result. The
+    message is one line naming the likely cause; the CLI prints it like a non-finite loss."""
+
+
+@dataclass
+class Clock:
+    """Where the loop is, for loss terms with a schedule: epoch (1-based), step (1-based, within
+    the epoch), the phase's epochs and steps per epoch."""
+
+    epoch: int = 1
+    step: int = 1
+    epochs: int = 1
+    steps: int = 1
 
 
 @dataclass
@@ -38,6 +64,10 @@ class Phase:
     epochs: int
     seed: int
     augment: bool = False
+    # Trainable parts of the loss terms (a FitNets connector, CTKD's temperature): optimised and
+    # checkpointed with the models, never judged.
+    parts: dict[str, nn.Module] = field(default_factory=dict)
+    clock: Clock = field(default_factory=Clock)
 
 
 @dataclass
@@ -125,14 +155,18 @@ class Loop:
     def fit(self, phase: Phase, resume: dict | None = None,
             save: Callable[[dict], None] | None = None) -> History:
         """Train `phase`; `resume` is a state `save` wrote at the end of an earlier epoch."""
-        params = [p for m in phase.models.values() for p in m.parameters()]
+        trained = {**phase.models, **phase.parts}
+        params = [p for m in trained.values() for p in m.parameters()]
         optimizer = make_optimizer(params, self.optim_cfg)
         scheduler = make_scheduler(optimizer, self.optim_cfg, phase.epochs)
         generator = torch.Generator(device="cpu").manual_seed(phase.seed)
-        history, first_epoch = History(), 1
+        history, first_epoch, first_loss = History(), 1, None
         if resume is not None:
             for name, model in phase.models.items():
                 model.load_state_dict(resume["models"][name])
+            for name, part in phase.parts.items():
+                part.load_state_dict(resume["parts"][name])
+            first_loss = resume.get("first_loss")
             optimizer.load_state_dict(resume["optimizer"])
             if scheduler is not None:
                 scheduler.load_state_dict(resume["scheduler"])
@@ -142,8 +176,10 @@ class Loop:
         augment = self._augmenter(phase, generator)
         train = self.dataset.train
         steps = math.ceil(len(train) / self.data_cfg.batch_size)
-        for m in phase.models.values():
+        for m in trained.values():
             m.train()
+        clock = phase.clock
+        clock.epochs, clock.steps = phase.epochs, steps
         with self.progress.phase(phase.name, phase.epochs * steps, (first_epoch - 1) * steps) as bar:
             for epoch in range(first_epoch, phase.epochs + 1):
                 # Dropout and other global-RNG users draw from a per-epoch seed, so a resumed
@@ -153,10 +189,13 @@ class Loop:
                 for step, (x, y, idx) in enumerate(
                     data_mod.batches(train, self.data_cfg.batch_size, generator, augment), start=1
                 ):
+                    clock.epoch, clock.step = epoch, step
                     with autocast(x.device, self.precision):  # forward and loss; backward outside
                         terms = phase.loss(x, y, idx)
                     loss = terms["loss"]
                     self._check_finite(loss, phase, epoch, step)
+                    if first_loss is None and first_epoch == 1:  # the models as initialised
+                        first_loss = float(loss.detach())
                     for p in params:  # = optimizer.zero_grad(set_to_none=True), minus its per-call overhead
                         p.grad = None
                     loss.backward()
@@ -171,6 +210,7 @@ class Loop:
                     bar.advance(epoch, step, loss)
                 means = (sums / len(train)).tolist()
                 metrics = {f"{phase.name}/{k}": v for k, v in zip(names, means)}
+                self._check_diverged(metrics[f"{phase.name}/loss"], first_loss, phase, epoch)
                 if scheduler is not None:  # log the epoch's learning rate, then move to the next one
                     metrics[f"{phase.name}/lr"] = optimizer.param_groups[0]["lr"]
                     scheduler.step()
@@ -186,6 +226,8 @@ class Loop:
                     save({
                         "epoch": epoch,
                         "models": {name: m.state_dict() for name, m in phase.models.items()},
+                        "parts": {name: m.state_dict() for name, m in phase.parts.items()},
+                        "first_loss": first_loss,
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
                         "generator": generator.get_state(),
@@ -205,4 +247,16 @@ class Loop:
             raise NonFiniteLoss(
                 f"non-finite loss ({value}) in phase {phase.name!r} at epoch {epoch}, step {step}; "
                 f"lower optim.lr or check the inputs"
+            )
+
+    def _check_diverged(self, epoch_loss: float, first_loss: float | None, phase: Phase, epoch: int) -> None:
+        """Stop a phase whose epoch loss blew up: finite, but `DIVERGED_FACTOR` times (or more) the
+        loss of its first step, i.e. of the models as initialised."""
+        if first_loss is None or not math.isfinite(epoch_loss):
+            return
+        if epoch_loss > DIVERGED_FACTOR * max(abs(first_loss), 1e-3):
+            raise Diverged(
+                f"phase {phase.name!r} diverged at epoch {epoch}: mean loss {epoch_loss:.3g} against "
+                f"{first_loss:.3g} at its first step; the run FAILED; likely cause: optim.lr={self.optim_cfg.lr:g} "
+                f"is too high"
             )

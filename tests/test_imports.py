@@ -13,14 +13,6 @@ import kdexp
 
 PACKAGE_DIR = Path(kdexp.__file__).parent
 
-# Imports that close a cycle on this branch and are being removed on others (importer, imported).
-# Empty this once those branches are merged; the test fails while an entry here is no longer an
-# import, so it cannot go stale unnoticed.
-KNOWN_CYCLES: set[tuple[str, str]] = {
-    ("kdexp.config", "kdexp.cli"),  # CONFIG_DIR (issue 15 §1, the config owner's part)
-}
-
-
 def module_names(root: Path, package: str) -> dict[str, Path]:
     """`kdexp.methods.base` → its file, `kdexp.methods` → its `__init__.py`."""
     names = {}
@@ -121,12 +113,8 @@ def describe(component: frozenset[str], graph: dict[str, set[str]]) -> str:
     return "; ".join(f"{a} → {b}" for a in sorted(component) for b in sorted(graph[a] & component))
 
 
-def test_kdexp_has_no_import_cycles_besides_the_known_ones():
+def test_kdexp_has_no_import_cycles():
     graph = import_graph(PACKAGE_DIR, "kdexp")
-    gone = sorted(edge for edge in KNOWN_CYCLES if edge[1] not in graph.get(edge[0], ()))
-    assert not gone, f"no longer imports, remove them from KNOWN_CYCLES: {gone}"
-    for importer, imported in KNOWN_CYCLES:
-        graph[importer] = graph[importer] - {imported}
     found = [describe(c, graph) for c in cycles(graph)]
     assert not found, f"import cycles: {found}"
 

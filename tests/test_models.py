@@ -247,6 +247,7 @@ def test_resnet8_teacher_on_fashion_mnist_files_distils_into_an_mlp(store, tmp_p
     objective, run = run_experiment([
         "data=fashion_mnist", f"data.root={root}", "model@teacher=resnet8", "model@student=mlp",
         "data.batch_size=32", "tracking.log_model=false", "trainer.threads=1",
+        "trainer.fail_at_chance=false",  # random images: no teacher can beat chance on them
     ])
     assert run.info.status == "FINISHED"
     assert run.data.tags["teacher"] == "resnet8" and run.data.tags["dataset"] == "fashion_mnist"

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import FAST, compose_cfg, kdexp_env
 from kdexp import experiment
-from kdexp.checkpoint import CheckpointError, Checkpoints, run_key
+from kdexp.checkpoint import CheckpointError, Checkpoints
+from kdexp.identity import run_key
 
 
 def _runs():

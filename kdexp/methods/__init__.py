@@ -1,6 +1,12 @@
-"""Loss families, one file each. Importing this package registers them all by name."""
+"""Loss families, one file each. Importing this package imports every module in it, and each
+family registers itself by name (kdexp/registry.py): a family is a module here and a conf/loss/ file."""
 
-from kdexp.methods import multi_teacher, none, online, self_distill, standard  # noqa: F401  (registration side effect)
+import importlib
+import pkgutil
+
 from kdexp.methods.base import REGISTRY, Method, Outcome
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["REGISTRY", "Method", "Outcome"]

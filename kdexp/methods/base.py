@@ -1,13 +1,23 @@
-"""What every loss family shares: the `Method` base class, its `Outcome`, and the registry."""
+"""What every loss family shares: the `Method` base class, its `Outcome`, and the registry.
+
+A family is one module: its config schema (`schema`, the `loss` section), its cross-field checks
+(`check`), what the tags call its teacher and student (`roles`), whether it composes the `kd=` /
+`hint=` terms (`composes_terms`, refined per config by `composes`), and `run`. It registers by
+name in `registry.FAMILIES`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
+from omegaconf import OmegaConf
 from torch import nn
 
-from kdexp.models import count_params
+from kdexp.models import count_params, describe
+from kdexp.registry import FAMILIES, KD_TERMS
+from kdexp.schema import require
+from kdexp.terms import is_plain
 
 if TYPE_CHECKING:
     from kdexp.experiment import Context
@@ -27,7 +37,35 @@ class Method:
     """A loss family. `run` trains what the family trains (through `ctx.train`), asks the
     context for what it needs frozen (teachers, baselines), and returns an `Outcome`."""
 
-    name: str = ""
+    name: ClassVar[str] = ""
+    schema: ClassVar[type]
+    # Whether the kd= and hint= terms apply; a family that does not compose them refuses any but
+    # the plain ones (kd=hinton, hint=none) in one line.
+    composes_terms: ClassVar[bool] = False
+
+    @classmethod
+    def composes(cls, cfg) -> bool:
+        """Whether the kd= and hint= terms apply to this family with these settings."""
+        return cls.composes_terms
+
+    @classmethod
+    def term_teacher(cls, cfg):
+        """The model config the terms distil from (for the fit checks of their layers)."""
+        return cfg.teacher
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Cross-field checks on the whole typed config (ConfigError, one line)."""
+        if not cls.composes(cfg) and not is_plain(cfg):
+            key = "hint" if is_plain_kd(cfg) else "kd"
+            composing = ", ".join(f"loss={n}" for n, c in FAMILIES.items() if c.composes_terms)
+            require(False, key, OmegaConf.to_container(cfg[key]), f"loss={cls.name} does not compose distillation terms "
+                    f"here (only {composing} does); use kd=hinton hint=none with loss={cls.name}")
+
+    @classmethod
+    def roles(cls, cfg) -> tuple[str, str]:
+        """(teacher, student) as the family uses them, for tags and run names."""
+        return describe(cfg.teacher), describe(cfg.student)
 
     def __init__(self, ctx: "Context"):
         self.ctx = ctx
@@ -83,10 +121,10 @@ class Method:
         return out
 
 
-REGISTRY: dict[str, type[Method]] = {}
+def is_plain_kd(cfg) -> bool:
+    return KD_TERMS[cfg.kd.name].plain(cfg.kd)
 
 
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: makes a family available as `loss=<cls.name>`."""
-    REGISTRY[cls.name] = cls
-    return cls
+REGISTRY = FAMILIES
+# Class decorator: makes a family available as `loss=<cls.name>`.
+register = FAMILIES.register

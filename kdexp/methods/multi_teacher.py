@@ -3,15 +3,57 @@ student through an aggregate of their temperature-softened distributions (`losse
 
 from __future__ import annotations
 
-from kdexp.losses import multi_teacher
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from kdexp.losses import AGGREGATES, multi_teacher
 from kdexp.methods.base import Method, Outcome, register
-from kdexp.models import count_params
+from kdexp.model_schema import model_list
+from kdexp.models import count_params, describe
+from kdexp.schema import require
 from kdexp.train import Phase
+
+
+@dataclass
+class MultiTeacherLossConfig:
+    """Several frozen teachers distilled into one student through an aggregate of their softened
+    distributions. `teachers`: model config names of conf/model/ (or mappings)."""
+
+    name: str = "multi_teacher"
+    temperature: float = 4.0
+    alpha: float = 0.1
+    teachers: list[Any] = field(default_factory=lambda: ["cnn", "cnn"])
+    # mean | weighted (fixed `weights`, one per teacher, normalised) | confidence (per sample).
+    aggregate: str = "mean"
+    weights: Optional[list[float]] = None
 
 
 @register
 class MultiTeacher(Method):
     name = "multi_teacher"
+    schema = MultiTeacherLossConfig
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        loss = cfg.loss
+        loss.teachers = model_list("loss.teachers", loss.teachers)
+        require(len(loss.teachers) >= 1, "loss.teachers", [], "at least one model config, e.g. loss.teachers=[cnn,cnn]")
+        require(loss.aggregate in AGGREGATES, "loss.aggregate", loss.aggregate, f"allowed: {', '.join(AGGREGATES)}")
+        if loss.aggregate == "weighted":
+            require(loss.weights is not None, "loss.weights", None,
+                    f"loss.aggregate=weighted needs one weight per teacher ({len(loss.teachers)}), "
+                    f"e.g. loss.weights=[{','.join(['1'] * len(loss.teachers))}]")
+        if loss.weights is not None:
+            w = list(loss.weights)
+            require(len(w) == len(loss.teachers), "loss.weights", w,
+                    f"needs exactly one weight per teacher ({len(loss.teachers)} teachers)")
+            require(all(v >= 0 for v in w) and sum(w) > 0, "loss.weights", w,
+                    "weights must be >= 0 with a positive sum")
+
+    @classmethod
+    def roles(cls, cfg) -> tuple[str, str]:
+        return "+".join(describe(t) for t in cfg.loss.teachers), describe(cfg.student)
 
     def run(self) -> Outcome:
         ctx, cfg, loss_cfg = self.ctx, self.ctx.cfg, self.cfg

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from kdexp.losses import labels_only
 from kdexp.methods.base import Method, Outcome, register
+from kdexp.models import describe
 from kdexp.train import Phase
+
+
+@dataclass
+class NoneLossConfig:
+    """The student trained on labels alone."""
+
+    name: str = "none"
+    temperature: float = 1.0
+    alpha: float = 1.0
 
 
 @register
 class NoDistillation(Method):
     name = "none"
+    schema = NoneLossConfig
+
+    @classmethod
+    def roles(cls, cfg) -> tuple[str, str]:
+        return "(none)", describe(cfg.student)
 
     def run(self) -> Outcome:
         ctx, cfg = self.ctx, self.ctx.cfg

@@ -4,15 +4,46 @@ see `losses.mutual`. Each peer's baseline is the same model trained alone from t
 
 from __future__ import annotations
 
-from kdexp.losses import mutual
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdexp.losses import ONLINE_MODES, mutual
 from kdexp.methods.base import Method, Outcome, register
-from kdexp.models import count_params
+from kdexp.model_schema import model_list
+from kdexp.models import count_params, describe
+from kdexp.schema import require
 from kdexp.train import Phase
+
+
+@dataclass
+class OnlineLossConfig:
+    """Peers trained together from scratch, each distilling from the others (dml) or from the
+    peers' mean logits (ensemble). `peers`: model config names of conf/model/ (or mappings)."""
+
+    name: str = "online"
+    temperature: float = 3.0
+    alpha: float = 0.5
+    mode: str = "dml"
+    peers: list[Any] = field(default_factory=lambda: ["mlp", "mlp"])
 
 
 @register
 class Online(Method):
     name = "online"
+    schema = OnlineLossConfig
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        loss = cfg.loss
+        loss.peers = model_list("loss.peers", loss.peers)
+        require(len(loss.peers) >= 2, "loss.peers", [p.name for p in loss.peers],
+                "online distillation needs at least two peers, e.g. loss.peers=[mlp,mlp]")
+        require(loss.mode in ONLINE_MODES, "loss.mode", loss.mode, f"allowed for loss=online: {', '.join(ONLINE_MODES)}")
+
+    @classmethod
+    def roles(cls, cfg) -> tuple[str, str]:
+        return "(online peers)", "+".join(describe(p) for p in cfg.loss.peers)
 
     def run(self) -> Outcome:
         ctx, cfg, loss_cfg = self.ctx, self.ctx.cfg, self.cfg

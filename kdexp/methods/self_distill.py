@@ -8,22 +8,76 @@ batch order, with every exit trained on the labels alone. Every exit is reported
 mode=born_again (Furlanello et al. 2018): generation 0 is the student trained on the labels (from
 the student's initialisation and batch order: the same model as the other families' baseline),
 generation k+1 the same architecture from a fresh initialisation, distilled from frozen generation k
-with Hinton's loss. Generation 0 is the baseline of every later one (`gen{k}_kd_gain`); the fresh
+through the config's `kd=` and `hint=` terms (default: Hinton's loss with loss.temperature and
+loss.alpha). Generation 0 is the baseline of every later one (`gen{k}_kd_gain`); the fresh
 initialisations keep the generations diverse enough for their ensemble to pay.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from kdexp import store as store_mod
-from kdexp.losses import hinton, self_distill
+from kdexp.identity import stable_section
+from kdexp.losses import self_distill
 from kdexp.methods.base import Method, Outcome, register
-from kdexp.models import count_params, multi_exit
-from kdexp.train import Phase
+from kdexp.methods.distill import Distiller
+from kdexp.model_schema import stage_count
+from kdexp.models import count_params, describe, multi_exit
+from kdexp.schema import require
+from kdexp.train import Clock, Phase
+
+SELF_MODES = ("byot", "born_again")
+
+
+@dataclass
+class SelfLossConfig:
+    """Self-distillation of the student. mode=byot (Be Your Own Teacher): an exit after each stage,
+    the deepest exit teaches the shallower ones; mode=born_again: generation 0 is the student on
+    labels, generation k+1 the same architecture distilled from generation k."""
+
+    name: str = "self"
+    temperature: float = 3.0
+    alpha: float = 0.5
+    mode: str = "byot"
+    # byot: weight of ‖h_i − h_deep‖² between each exit's bottleneck features and the deepest's.
+    feature_weight: float = 0.0
+    # born_again: number of distilled generations after generation 0.
+    generations: int = 2
 
 
 @register
 class SelfDistillation(Method):
     name = "self"
+    schema = SelfLossConfig
+    composes_terms = True  # in mode=born_again: each generation is distilled through kd= and hint=
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        loss = cfg.loss
+        require(loss.mode in SELF_MODES, "loss.mode", loss.mode, f"allowed for loss=self: {', '.join(SELF_MODES)}")
+        require(loss.feature_weight >= 0, "loss.feature_weight", loss.feature_weight, "must be >= 0")
+        require(loss.generations >= 1, "loss.generations", loss.generations,
+                "must be >= 1 (distilled generations after generation 0)")
+        stages = stage_count(cfg.student)
+        if loss.mode == "byot" and stages is not None and stages < 2:
+            key = "hidden" if cfg.student.name == "mlp" else "channels"
+            require(False, f"student.{key}", list(cfg.student[key]),
+                    "loss=self needs a student with at least two stages (one exit each), "
+                    f"e.g. student.{key}={'[256,128]' if key == 'hidden' else '[32,64]'}, or loss.mode=born_again")
+
+    @classmethod
+    def roles(cls, cfg) -> tuple[str, str]:
+        return "(itself)", describe(cfg.student)
+
+    @classmethod
+    def composes(cls, cfg) -> bool:
+        return cfg.loss.mode == "born_again"
+
+    @classmethod
+    def term_teacher(cls, cfg):
+        return cfg.student  # generation k teaches generation k+1, the same architecture
 
     def run(self) -> Outcome:
         return self.born_again() if self.cfg.mode == "born_again" else self.byot()
@@ -54,7 +108,8 @@ class SelfDistillation(Method):
         ctx, cfg = self.ctx, self.ctx.cfg
         net = self._multi_exit()
         phase = self._exit_phase("baseline", net, "baseline_", 1.0, 0.0)
-        key = store_mod.key_for(cfg.student, cfg.data, cfg.optim, phase.epochs, phase.augment, phase.seed,
+        key = store_mod.key_for(stable_section("model", cfg.student), stable_section("data", cfg.data),
+                                stable_section("optim", cfg.optim), phase.epochs, phase.augment, phase.seed,
                                 precision=cfg.trainer.precision, variant="byot exits on labels")
         return ctx.train_stored(phase, net, key, f"baseline byot {ctx.describe(cfg.student)}")
 
@@ -103,25 +158,27 @@ class SelfDistillation(Method):
     # --- generations of the same architecture ---
     def born_again(self) -> Outcome:
         ctx, cfg = self.ctx, self.ctx.cfg
-        T, alpha = self.cfg.temperature, self.cfg.alpha
         epochs, augment = cfg.trainer.epochs, ctx.augment_students
         gen0, hist0 = ctx.supervised(cfg.student, "gen0", "student", epochs, augment)
         gen0.eval().requires_grad_(False)
         gens, hists = [gen0], [hist0]
         for k in range(1, self.cfg.generations + 1):
-            teacher_logits = ctx.frozen_logits(gens[-1], f"gen{k - 1}")
             role = f"gen{k}"
             model = ctx.build(cfg.student, role)
-            phase = Phase(
-                name=role,
-                models={role: model},
-                loss=lambda x, y, idx, m=model, t=teacher_logits: hinton(m(x), t(x, idx), y, T, alpha),
-                predict=lambda x, m=model, r=role: {r: m(x)},
-                epochs=epochs,
-                seed=ctx.seed(role),
-                augment=augment,
-            )
-            hists.append(ctx.train(phase))
+            clock = Clock()
+            with Distiller(ctx, model, gens[-1], f"gen{k - 1}", clock) as distiller:
+                phase = Phase(
+                    name=role,
+                    models={role: model},
+                    loss=distiller.loss,
+                    predict=lambda x, m=model, r=role: {r: m(x)},
+                    epochs=epochs,
+                    seed=ctx.seed(role),
+                    augment=augment,
+                    parts=distiller.parts,
+                    clock=clock,
+                )
+                hists.append(ctx.train(phase))
             model.eval().requires_grad_(False)
             gens.append(model)
 

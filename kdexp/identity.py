@@ -1,0 +1,97 @@
+"""Run identity: which settings make two runs the same run, stable across kdexp versions.
+
+A run is identified by a hash of its resolved config minus the settings that do not change what it
+computes (`NOT_IDENTITY`: progress bars, threads, the re-run policy, where things are tracked).
+A key that a later version adds must not change the identity of the runs (and the store entries)
+of earlier versions: `ADDED` lists every key added after the first release with the value that
+means "as before", and the payload drops such a key while it holds that value, then drops the
+sections this leaves empty. So an upgrade still finds every finished run and stored teacher, and a
+run that sets a new key to anything else is a new run. Add a key here when you add it to a schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import OmegaConf
+
+# Settings that do not change what a run computes, so they are not part of its identity.
+NOT_IDENTITY: dict[str, tuple[str, ...] | None] = {
+    "trainer": ("progress", "threads", "rerun", "checkpoint_dir", "keep_checkpoints", "fail_at_chance"),
+    "tracking": ("uri", "run_name", "log_model"),
+    "store": None,  # reusing a stored teacher gives the same weights as retraining it
+}
+
+# Keys added after the first release → the value that reproduces the earlier behaviour, by dotted
+# path from the top of a run's config.
+ADDED: dict[str, Any] = {
+    # issue 11: the logit term and the feature term; hinton on raw logits and no feature term
+    # are what every earlier run computed.
+    "kd.name": "hinton",
+    "kd.standardize": False,
+    "hint.name": "none",
+}
+# Keys added to the sections a store entry's key hashes (a model config, `data`, `optim`), by path
+# inside the section. They count for the run key too (under teacher/student, data, optim).
+ADDED_IN_SECTIONS: dict[str, dict[str, Any]] = {"model": {}, "data": {}, "optim": {}}
+
+
+def _run_table() -> dict[str, Any]:
+    table = dict(ADDED)
+    for kind, keys in ADDED_IN_SECTIONS.items():
+        for section in (("teacher", "student") if kind == "model" else (kind,)):
+            table.update({f"{section}.{key}": value for key, value in keys.items()})
+    return table
+
+
+def drop_added(plain: dict, table: dict[str, Any] | None = None) -> dict:
+    """A copy of `plain` without the keys of `table` (default `ADDED`) that hold their "as before"
+    value, and without the sections that leaves empty."""
+    out = copy.deepcopy(plain)
+    for path, before in (ADDED if table is None else table).items():
+        *parents, leaf = path.split(".")
+        chain = [out]
+        for part in parents:
+            node = chain[-1].get(part) if isinstance(chain[-1], dict) else None
+            if not isinstance(node, dict):
+                break
+            chain.append(node)
+        else:
+            if leaf in chain[-1] and chain[-1][leaf] == before:
+                del chain[-1][leaf]
+                for parent, part in zip(reversed(chain[:-1]), reversed(parents)):
+                    if parent[part]:
+                        break
+                    del parent[part]
+    return out
+
+
+def digest(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def run_key(cfg, device: str | None = None) -> str:
+    """Hash of the resolved config without the settings in `NOT_IDENTITY` and the added keys at
+    their "as before" value. `device` is what `trainer.device` resolved to here, so that `auto`
+    and the device it picks are one run."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    if device is not None:
+        plain["trainer"]["device"] = device
+    for section, keys in NOT_IDENTITY.items():
+        if keys is None:
+            plain.pop(section, None)
+        else:
+            for key in keys:
+                plain.get(section, {}).pop(key, None)
+    return digest(drop_added(plain, _run_table()))
+
+
+def stable_section(kind: str, section_cfg) -> Any:
+    """A model, data or optimiser config (`kind`: model | data | optim) as a store key hashes it:
+    resolved, without the keys added to that section at their "as before" value, so that a store
+    key too survives keys added later."""
+    plain = OmegaConf.to_container(section_cfg, resolve=True)
+    return OmegaConf.create(drop_added(plain, ADDED_IN_SECTIONS[kind]))

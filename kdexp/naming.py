@@ -1,0 +1,38 @@
+"""What a run is called and tagged: its teacher and student as its family uses them (each family's
+`roles`), the loss family, the distillation terms, the data set, the overrides."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from kdexp.registry import FAMILIES
+
+
+def _roles(cfg: DictConfig) -> tuple[str, str]:
+    return FAMILIES[cfg.loss.name].roles(cfg)
+
+
+def run_tags(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
+    from kdexp.tracking import git_commit
+
+    teacher, student = _roles(cfg)
+    tags = {
+        "loss_family": cfg.loss.name,
+        "kd": cfg.kd.name,
+        "hint": cfg.hint.name,
+        "teacher": teacher,
+        "student": student,
+        "dataset": cfg.data.name,
+        "overrides": " ".join(overrides) or "(none)",
+    }
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    return tags
+
+
+def default_run_name(cfg: DictConfig, overrides: list[str]) -> str:
+    if overrides:
+        return " ".join(overrides)
+    teacher, student = _roles(cfg)
+    return f"{cfg.loss.name} {teacher}→{student}"

@@ -1,0 +1,66 @@
+"""A contributor adds a distillation method with one module and one YAML file, and nothing else:
+checked on a copy of the package, so the repository is never written."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MODULE = '''"""`kd=scaled`: a test method, Hinton's KL with a weight of its own."""
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from kdexp.losses import kd_kl
+from kdexp.registry import KD_TERMS
+from kdexp.terms.base import LogitTerm
+
+
+@dataclass
+class ScaledConfig:
+    name: str = "scaled"
+    temperature: float = 2.0
+    kd_weight: float = 0.5
+
+
+@KD_TERMS.register
+class Scaled(LogitTerm):
+    name = "scaled"
+    schema = ScaledConfig
+    temperatures = ("temperature",)
+    weights = ("kd_weight",)
+
+    def forward(self, batch, clock, student, teacher):
+        ce = F.cross_entropy(student.logits, batch[1])
+        kd = kd_kl(student.logits, teacher.logits, self.cfg.temperature)
+        return {"loss": ce + self.cfg.kd_weight * kd, "ce": ce, "kd": kd}
+'''
+
+
+@pytest.mark.slow
+def test_one_module_and_one_yaml_file_make_a_method(tmp_path):
+    shutil.copytree(ROOT / "kdexp", tmp_path / "kdexp", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    (tmp_path / "kdexp" / "terms" / "scaled.py").write_text(MODULE)
+    (tmp_path / "conf" / "kd" / "scaled.yaml").write_text("name: scaled\ntemperature: 2.0\nkd_weight: 0.5\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    env.pop("HYDRA_FULL_ERROR", None)
+
+    def kdexp(*args):
+        return subprocess.run([sys.executable, "-m", "kdexp", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    done = kdexp("kd=scaled", *FAST, "data.limit_train=256", "tracking.log_model=false")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "KD gain" in done.stdout
+    refused = kdexp("kd=scaled", "kd.kd_weight=-1", *FAST)
+    assert refused.returncode == 2 and "kd.kd_weight=-1.0 is not allowed" in refused.stderr
+    unknown = kdexp("kd=nope", *FAST)
+    assert unknown.returncode == 2 and "allowed: ctkd, dist, dkd, hinton, ls, scaled" in unknown.stderr

@@ -1,0 +1,78 @@
+"""Run identity and store keys survive config keys added later (issue 11 §5): today's values pinned."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import compose_cfg
+from kdexp import identity
+from kdexp.context import supervised_key
+from kdexp.identity import drop_added, run_key
+
+# Computed with the tree before the kd/hint groups existed (commit 4ff9be2), on the composed
+# config without the FAST overrides; device cpu.
+PINNED_RUN_KEYS = {
+    (): "10d0fe4e0ffc9b9f0cf75c5f",
+    ("experiment=seed_article",): "d46008960b4b5a8f34690d26",
+    ("loss=self",): "0288d416c2815128aa645d80",
+    ("loss=multi_teacher",): "b13129febdd91157154a0a02",
+    ("loss=online",): "a87d7322bc6d3162c913b03f",
+}
+# (teacher store key, baseline store key) of the standard family.
+PINNED_STORE_KEYS = {
+    (): ("7d22bb777b70a8f640c23826", "c48ea8e7969d3f434814acf3"),
+    ("experiment=seed_article",): ("8a13c3f25db4f21dfb92d105", "c65e72ac860c719f498d3351"),
+}
+
+
+@pytest.mark.parametrize("overrides", list(PINNED_RUN_KEYS), ids=lambda o: " ".join(o) or "default")
+def test_run_keys_are_those_of_before_the_upgrade(overrides):
+    assert run_key(compose_cfg(list(overrides), fast=False), "cpu") == PINNED_RUN_KEYS[overrides]
+
+
+@pytest.mark.parametrize("overrides", list(PINNED_STORE_KEYS), ids=lambda o: " ".join(o) or "default")
+def test_teacher_and_baseline_store_keys_are_those_of_before(overrides):
+    cfg = compose_cfg(list(overrides), fast=False)
+    t = cfg.trainer
+    teacher = supervised_key(cfg, cfg.teacher, "teacher", t.teacher_epochs, bool(cfg.data.augment or t.teacher_augment))
+    baseline = supervised_key(cfg, cfg.student, "student", t.epochs, bool(cfg.data.augment))
+    assert (teacher[0], baseline[0]) == PINNED_STORE_KEYS[overrides]
+
+
+def test_terms_at_other_values_are_other_runs_but_never_other_teachers():
+    base = compose_cfg([], fast=False)
+    keys = {run_key(compose_cfg(o, fast=False), "cpu") for o in
+            ([], ["kd=dkd"], ["kd=hinton", "kd.standardize=true"], ["hint=fitnets"])}
+    assert len(keys) == 4
+    t = base.trainer
+    for o in (["kd=dkd"], ["hint=fitnets"]):
+        cfg = compose_cfg(o, fast=False)
+        assert supervised_key(cfg, cfg.teacher, "teacher", t.teacher_epochs, True) == \
+            supervised_key(base, base.teacher, "teacher", t.teacher_epochs, True)
+
+
+def test_any_key_added_later_at_its_default_keeps_every_identity(monkeypatch):
+    """The rule, not just today's keys: a new key declared in ADDED (and in ADDED_IN_SECTIONS for
+    a model/data/optim key) leaves run and store keys unchanged at its "as before" value."""
+    cfg = compose_cfg([], fast=False)
+    before_run = run_key(cfg, "cpu")
+    before_store = supervised_key(cfg, cfg.teacher, "teacher", 15, True)[0]
+    monkeypatch.setitem(identity.ADDED, "trainer.new_knob", 0)
+    monkeypatch.setitem(identity.ADDED, "brand_new.section.flag", False)
+    monkeypatch.setitem(identity.ADDED_IN_SECTIONS, "model", {"new_width": None})
+    grown = OmegaConf.to_container(cfg)
+    grown["trainer"]["new_knob"] = 0
+    grown["brand_new"] = {"section": {"flag": False}}
+    grown["teacher"]["new_width"] = None
+    grown = OmegaConf.create(grown)
+    assert run_key(grown, "cpu") == before_run
+    assert supervised_key(grown, grown.teacher, "teacher", 15, True)[0] == before_store
+    grown.trainer.new_knob = 1
+    assert run_key(grown, "cpu") != before_run
+
+
+def test_drop_added_removes_only_as_before_values_and_the_sections_left_empty():
+    table = {"kd.name": "hinton", "kd.standardize": False, "hint.name": "none"}
+    assert drop_added({"a": 1, "kd": {"name": "hinton", "standardize": False}, "hint": {"name": "none"}},
+                      table) == {"a": 1}
+    kept = {"kd": {"name": "dkd", "standardize": False}, "hint": {"name": "at"}}
+    assert drop_added(kept, table) == {"kd": {"name": "dkd"}, "hint": {"name": "at"}}

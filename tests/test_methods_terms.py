@@ -1,0 +1,112 @@
+"""Every distillation method end to end on the embedded data (1 epoch, a slice: slow), the default
+reproducing the loss of before, the teacher shared by the methods of a sweep, and the guard against
+a diverged run."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import torch
+
+from conftest import FAST, compose_cfg, run_experiment
+from kdexp.losses import hinton
+from kdexp.train import Diverged
+
+SMALL = ["tracking.log_model=false", "data.limit_train=256"]
+
+METHODS = [
+    ["kd=hinton"], ["kd=dkd"], ["kd=dist"], ["kd=ls"], ["kd=ctkd"],
+    ["kd=hinton", "kd.standardize=true"], ["kd=dkd", "kd.standardize=true"],
+    ["hint=fitnets"],
+    ["hint=at", "model@student=cnn", "student.channels=[8,16]"],
+    ["hint=at", "model@teacher=resnet8", "model@student=resnet8", "student.widths=[8,8,16,32]"],
+    ["kd=dkd", "hint=fitnets", "hint.weight=1"],
+    ["loss=self", "loss.mode=born_again", "loss.generations=1", "kd=dist", "hint=at"],
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", METHODS, ids=[" ".join(m) for m in METHODS])
+def test_each_method_finishes_with_a_finite_kd_gain_and_names_itself(store, overrides):
+    _, run = run_experiment([*overrides, *SMALL])
+    assert run.info.status == "FINISHED"
+    assert math.isfinite(run.data.metrics["kd_gain"])
+    cfg = compose_cfg(overrides)
+    assert run.data.params["kd.name"] == cfg.kd.name and run.data.params["hint.name"] == cfg.hint.name
+    assert run.data.tags["kd"] == cfg.kd.name
+
+
+def test_the_default_terms_compute_the_loss_of_before_to_the_last_bit(store):
+    """The student phase through the Distiller (kd=hinton, hint=none) against the loss kdexp had
+    before terms existed, `losses.hinton` on the cached teacher logits, on the same batches."""
+    from kdexp import data as data_mod
+    from kdexp.context import Context
+    from kdexp.methods.distill import Distiller
+    from kdexp.train import Clock
+
+    cfg = compose_cfg([])
+    dataset = data_mod.load(cfg.data)
+
+    class NoRun:
+        def tags(self, *a):
+            pass
+
+    ctx = Context(cfg, dataset, NoRun(), torch.device("cpu"))
+    teacher = ctx.build(cfg.teacher, "teacher").eval().requires_grad_(False)
+    student = ctx.build(cfg.student, "student")
+    cached = ctx.frozen_logits(teacher)
+    with Distiller(ctx, student, teacher, "teacher", Clock()) as distiller:
+        assert distiller.parts == {} and distiller.student_capture is None
+        for start in (0, 64, 128):
+            idx = torch.arange(start, start + 64)
+            x, y = dataset.train.x[idx], dataset.train.y[idx]
+            new = distiller.loss(x, y, idx)
+            old = hinton(student(x), cached(x, idx), y, cfg.loss.temperature, cfg.loss.alpha)
+            assert list(new) == list(old) and all(torch.equal(new[k], old[k]) for k in old)
+
+
+@pytest.mark.slow
+def test_a_teacher_at_chance_level_fails_the_run_before_the_student(store):
+    with pytest.raises(Diverged, match=r"teacher ended at chance level .*likely cause: optim.lr"):
+        run_experiment(["optim.lr=1e-12", *SMALL])
+    runs = mlflow.search_runs(experiment_names=["kdexp"], output_format="list")
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert not any(k.startswith("student/") for k in runs[0].data.metrics)
+
+
+def _kdexp(args, cwd):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "kdexp", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_a_huge_learning_rate_fails_in_one_line_naming_optim_lr(tmp_path):
+    result = _kdexp([*FAST, *SMALL, "optim.lr=1e6"], tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0
+    assert len(lines) == 1 and lines[0].startswith("kdexp: error:") and "optim.lr" in lines[0], result.stderr
+    assert "student" not in result.stdout.split("baseline")[0]  # no student was distilled
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["kdexp"], output_format="list")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+@pytest.mark.slow
+def test_a_sweep_over_methods_and_seeds_trains_one_teacher_per_seed(tmp_path):
+    result = _kdexp(["-m", "kd=hinton,dkd", "seed=0,1", *FAST, *SMALL], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    entries = mlflow.search_runs(experiment_names=["kdexp-store"], output_format="list")
+    teachers = [r for r in entries if r.data.tags.get("kdexp.label", "").startswith("teacher")]
+    assert len(teachers) == 2
+    jobs = [r for r in mlflow.search_runs(experiment_names=["kdexp"], output_format="list")
+            if r.data.tags.get("kdexp.role") == "job"]
+    assert sorted((r.data.params["kd.name"], r.data.params["seed"]) for r in jobs) == \
+        [("dkd", "0"), ("dkd", "1"), ("hinton", "0"), ("hinton", "1")]
