@@ -101,6 +101,8 @@ def _track(cfg, hydra_dir, dataset, device, run, checkpoints, started: float) ->
         outcome = REGISTRY[cfg.loss.name](ctx).run()
         wall = time.perf_counter() - started
         outcome.metrics["wall_time_s"] = wall
+        for history in ctx.histories.values():  # the best- and validation-selected epochs beside the last
+            outcome.metrics.update(history.epoch_selected())
         run.metrics(outcome.metrics)
         run.tags({"kdexp.objective": outcome.objective})
         figure = plots.learning_curves(ctx.histories)

@@ -83,6 +83,22 @@ class History:
     def last(self, key: str) -> float:
         return self.metrics[key][-1]
 
+    def epoch_selected(self) -> dict[str, float]:
+        """Besides the last epoch's accuracy (what kdexp reports), for every model `m` evaluated:
+        `m_best_acc`, the best epoch's test accuracy (optimistic: the epoch is chosen on the test
+        set), and with a validation split `m_val_selected_acc`, the test accuracy at the epoch of
+        best validation accuracy (the first such epoch)."""
+        out = {}
+        for key, test in self.metrics.items():
+            if not key.endswith("/test_acc") or not test:
+                continue
+            name = key.removesuffix("/test_acc")
+            out[f"{name}_best_acc"] = max(test)
+            val = self.metrics.get(f"{name}/val_acc")
+            if val and len(val) == len(test):
+                out[f"{name}_val_selected_acc"] = test[val.index(max(val))]
+        return out
+
 
 def make_optimizer(params, cfg) -> torch.optim.Optimizer:
     """`optim.fused` updates all parameters in one kernel (CPU and CUDA): ~40% faster steps for

@@ -25,6 +25,10 @@ def test_standard_run_is_tracked_completely(store):
     assert m["compression"] == pytest.approx(m["teacher_params"] / m["student_params"])
     history = client.get_metric_history(run.info.run_id, "student/test_acc")
     assert [h.step for h in history] == [1, 2]
+    # the reported figure is the last epoch's; the best epoch's is logged beside it (issue 12 §6)
+    assert m["student_best_acc"] == max(h.value for h in history) >= m["student_acc"]
+    baseline = client.get_metric_history(run.info.run_id, "baseline/test_acc")
+    assert m["baseline_best_acc"] == max(h.value for h in baseline)
     for key in ("student/ce", "student/kd", "student/loss", "teacher/test_acc", "baseline/test_acc"):
         assert client.get_metric_history(run.info.run_id, key), key
     tags = run.data.tags

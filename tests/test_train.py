@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from conftest import run_experiment
 from kdexp import data
 from kdexp.console import PhaseProgress
-from kdexp.train import Loop, NonFiniteLoss, Phase
+from kdexp.train import History, Loop, NonFiniteLoss, Phase
 
 N, BATCH, EPOCHS, SEED = 44, 8, 3, 7  # 44 = 5 full batches + one of 4: the last batch is short
 
@@ -119,3 +119,13 @@ def test_compile_trains_compiled_models_that_match_eager_ones(store):
     assert abs(compiled.data.metrics["teacher_acc"] - eager.data.metrics["teacher_acc"]) <= 1.0
     loaded = mlflow.pytorch.load_model(f"runs:/{compiled.info.run_id}/student")
     assert loaded(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_epoch_selected_gives_best_and_validation_selected_test_accuracy():
+    history = History({"student/test_acc": [90.0, 93.0, 92.0], "student/val_acc": [91.0, 90.0, 95.0],
+                       "baseline/test_acc": [89.0, 88.0], "student/loss": [1.0, 0.5, 0.4]})
+    assert history.epoch_selected() == {
+        "student_best_acc": 93.0,            # epoch 2, picked on the test set (optimistic)
+        "student_val_selected_acc": 92.0,    # epoch 3, picked on validation
+        "baseline_best_acc": 89.0,           # no validation split: no validation-selected figure
+    }
