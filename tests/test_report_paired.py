@@ -138,3 +138,41 @@ def test_one_seed_per_setting_writes_no_group_files(db, tmp_path, capsys):
     _, folder, files = report.make_report(db, parent_id=parent, out=tmp_path / "r", log=False)
     assert not (folder / "groups.csv").exists()
     assert "add seed=0,1,2" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_real_seed_sweep_matches_scipy_on_its_own_runs(tmp_path):
+    """Issue 12's "done when", on a 2 × 2 seed sweep: groups.csv against a t-interval of the
+    children's own kd_gain, comparisons.csv against ttest_rel on their student accuracies."""
+    from mlflow import MlflowClient
+
+    from conftest import FAST, kdexp, sqlite_uri
+
+    kdexp(["-m", "seed=0,1", "loss.temperature=2,8", *FAST, "tracking.log_model=false"], tmp_path, check=True)
+    done = kdexp([], tmp_path, module="kdexp.report", check=True)
+    assert "paired comparisons" in done.stdout and "KD gain [95 % CI]" in done.stdout
+    client = MlflowClient(tracking_uri=sqlite_uri(tmp_path))
+    exp = client.get_experiment_by_name("kdexp")
+    jobs = client.search_runs([exp.experiment_id], "tags.`kdexp.role` = 'job'")
+    by = {(float(r.data.params["loss.temperature"]), int(r.data.params["seed"])): r.data.metrics for r in jobs}
+    assert len(by) == 4
+    (report_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*/report")
+    groups = {row["group"]: row for row in read_csv(report_dir / "groups.csv")}
+    for t in (2.0, 8.0):
+        gains = [by[(t, s)]["kd_gain"] for s in (0, 1)]
+        row = groups[f"loss.temperature={t:g}"]
+        assert float(row["kd_gain_mean"]) == pytest.approx(sum(gains) / 2, abs=1e-4)
+        if gains[0] != gains[1]:
+            ci = stats.ttest_1samp(gains, 0).confidence_interval(0.95)
+            assert float(row["kd_gain_ci_low"]) == pytest.approx(ci.low, abs=1e-4)
+            assert float(row["kd_gain_ci_high"]) == pytest.approx(ci.high, abs=1e-4)
+    (pair,) = read_csv(report_dir / "comparisons.csv")
+    a = [by[(2.0, s)]["student_acc"] for s in (0, 1)]
+    b = [by[(8.0, s)]["student_acc"] for s in (0, 1)]
+    assert float(pair["diff_mean"]) == pytest.approx((b[0] - a[0] + b[1] - a[1]) / 2, abs=1e-4)
+    if a[0] - b[0] != a[1] - b[1]:
+        assert float(pair["p_value"]) == pytest.approx(stats.ttest_rel(b, a).pvalue, rel=1e-3)
+    parent = client.search_runs([exp.experiment_id], "tags.`kdexp.role` = 'sweep'")[0]
+    logged = {f.path for f in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/groups.csv", "report/comparisons.csv", "report/kd_gain_ci.png"} <= logged
+    assert "best_group_student_acc_mean" in parent.data.metrics
