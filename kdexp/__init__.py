@@ -17,7 +17,3 @@ def launch_token() -> str:
 
 _OmegaConf.register_new_resolver("kdexp.launch", launch_token, use_cache=True, replace=True)
 
-
-# Importing the families and the distillation terms fills the registries (kdexp/registry.py) that
-# the schema check and the run iterate: a new family or term is found as soon as its module is.
-from kdexp import methods, terms  # noqa: E402,F401

@@ -96,7 +96,7 @@ def check_group_choices(args: list[str]) -> None:
 def _task(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
-    from kdexp import experiment
+    from kdexp import catalog, experiment  # noqa: F401  (catalog: families and terms register)
     from kdexp.config import validate
     from kdexp.train import NonFiniteLoss
 

@@ -197,6 +197,8 @@ def _seed(raw: DictConfig) -> int:
 
 def validate(cfg: DictConfig) -> DictConfig:
     """Return the composed config typed by the schema, or raise ConfigError (one line)."""
+    if not SECTIONS["loss"]:
+        raise RuntimeError("no loss family is registered: import kdexp.catalog before validating a config")
     try:  # resolve everything but Hydra's own node (parts of it exist only inside a job)
         plain = {
             key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]

@@ -43,7 +43,7 @@ class MlflowSweep(Callback):
         self.parent_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from kdexp import tracking
+        from kdexp import catalog, tracking  # noqa: F401  (catalog: families and terms register)
         from kdexp.config import ConfigError, validate
         from kdexp.store import ModelStore
 

@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from kdexp.cli import CONFIG_DIR
+from kdexp import catalog  # noqa: F401  (families and terms register, as the CLI does)
 from kdexp.config import validate
 
 # Small and fast: a slice of the embedded data, one epoch each, no progress bars.

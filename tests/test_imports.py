@@ -172,3 +172,15 @@ def test_only_the_tracking_module_imports_mlflow():
         if any(w == "mlflow" or w.startswith("mlflow.") for w in wanted):
             offenders.append(name)
     assert not offenders, f"import mlflow outside kdexp.tracking: {offenders}"
+
+
+def test_the_cli_starts_without_torch_or_mlflow():
+    """`kdexp --help` and `--cfg job` stay fast (~0.5 s): families, terms and MLflow are imported
+    where a run needs them (kdexp.catalog, kdexp.tracking), not with the package."""
+    import subprocess
+    import sys
+
+    code = "import sys, kdexp.cli; print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE_DIR.parent)
+    assert out.stdout.strip() == "[]"
