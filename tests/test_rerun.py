@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
 from conftest import FAST, compose_cfg, kdexp_env
 from kdexp import experiment
@@ -100,9 +101,13 @@ def _final_metrics(cwd):
     return runs
 
 
+# Plain Hinton KD, and terms that own trainable parts (the FitNets connector, CTKD's temperature),
+# which must be in the phase's checkpoints for the resumed run to be exact.
 @pytest.mark.slow
-def test_kill_9_then_same_command_resumes_to_identical_metrics(tmp_path):
-    args = [*FAST, "data.limit_train=1000", "trainer.epochs=4", "tracking.log_model=false"]
+@pytest.mark.parametrize("method, parts", [([], None), (["hint=fitnets", "hint.weight=1"], {"hint"}),
+                                           (["kd=ctkd"], {"kd"})], ids=["hinton", "fitnets", "ctkd"])
+def test_kill_9_then_same_command_resumes_to_identical_metrics(tmp_path, method, parts):
+    args = [*FAST, *method, "data.limit_train=1000", "trainer.epochs=4", "tracking.log_model=false"]
     reference_dir, crash_dir = tmp_path / "reference", tmp_path / "crash"
     reference_dir.mkdir(), crash_dir.mkdir()
     assert _cli(args, reference_dir).wait(timeout=300) == 0
@@ -115,6 +120,9 @@ def test_kill_9_then_same_command_resumes_to_identical_metrics(tmp_path):
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
+    if parts is not None:
+        saved = torch.load(next(crash_dir.glob("outputs/checkpoints/*/*/student.pt")), weights_only=True)
+        assert saved["epoch"] < 4 and set(saved["parts"]) == parts
 
     resumed = _cli(args, crash_dir)
     out = resumed.communicate(timeout=300)[0]
@@ -127,5 +135,8 @@ def test_kill_9_then_same_command_resumes_to_identical_metrics(tmp_path):
     assert crashed[0].info.status == "FINISHED"
     keys = ("student_acc", "baseline_acc", "teacher_acc", "kd_gain")
     assert {k: crashed[0].data.metrics[k] for k in keys} == {k: reference[0].data.metrics[k] for k in keys}
+    history = [k for k in reference[0].data.metrics if k.startswith("student/")]
+    assert history and {k: crashed[0].data.metrics[k] for k in history} == \
+        {k: reference[0].data.metrics[k] for k in history}
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(crashed[0].info.run_id, "student/test_acc")]
     assert sorted(set(steps)) == [1, 2, 3, 4]
