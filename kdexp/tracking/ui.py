@@ -83,6 +83,15 @@ def run_view(client, uri: str, run) -> str:
     return view_link(uri, run.experiment_id, key)
 
 
+def _param_of(axis: str, jobs: list) -> str | None:
+    """The param that shows an axis: the key itself, or a group choice's `name` (`loss=self` →
+    `loss.name`, `model@student=cnn` → `student.name`)."""
+    for candidate in (axis, f"{axis.rpartition('@')[2] if '@' in axis else axis}.name"):
+        if any(candidate in j.params for j in jobs):
+            return candidate
+    return None
+
+
 def sweep_view(client, uri: str, parent, jobs: list, axes: list[str]) -> str:
     """A link to the run list showing the sweep's parent and every job, with the jobs' key figures
     and swept params as columns, best first; returns the link."""
@@ -93,7 +102,7 @@ def sweep_view(client, uri: str, parent, jobs: list, axes: list[str]) -> str:
         search = f"tags.`mlflow.parentRunId` = '{parent.run_id}'"
     objectives = {j.tags.get("kdexp.objective") for j in jobs} - {None}
     objective = objectives.pop() if len(objectives) == 1 else "student_acc"
-    params = [a for a in axes if any(a in j.params for j in jobs)]
+    params = [p for p in (_param_of(a, jobs) for a in axes) if p]
     key = f"kdexp-{parent.run_id}"
     share_view(client, parent.experiment_id, key, search, columns(present_metrics(jobs, objective), params),
                order_by=objective, expanded=[parent.run_id])
