@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 from kdexp.config import ConfigError
 from kdexp.paths import unwritable
-from kdexp.tracking.ui import KIND_TAG, TRAINING_KIND, mark_training
+from kdexp.tracking.ui import KIND_TAG, TRAINING_KIND, TRAINING_VIEW, adapt_note, mark_training, ui_base
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 PAGE = 1000  # runs per search request
@@ -198,8 +198,6 @@ def search_all(client, experiment_ids: list[str], filter_string: str, **kwargs) 
 
 
 def ui_hint(uri: str | None, experiment_id: str, run_id: str) -> str:
-    """Where to look at a run: its page on a server, or the `mlflow ui` command for a local store."""
+    """A run's page: on a server, or in `mlflow ui` started where the local store is."""
     uri = resolve_uri(uri)
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"mlflow ui --backend-store-uri {uri}   (then open experiment {experiment_id}, run {run_id})"
+    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}  {adapt_note(uri)}"

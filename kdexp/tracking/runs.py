@@ -9,7 +9,7 @@ from typing import Any
 from kdexp.tracking.connect import prepare, store_location
 from kdexp.tracking.names import job_name_of
 from kdexp.tracking.reader import record
-from kdexp.tracking.ui import adapt_note, rounded, run_view, ui_base
+from kdexp.tracking.ui import TRAINING_VIEW, adapt_note, rounded, run_view, ui_base
 
 PARAM_LIMIT = 6000  # MLflow's limit on a param value
 CHANGED_PREFIX = "kdexp.resumed_with."  # tag of a setting changed since the run started
@@ -121,7 +121,7 @@ class Run:
         """A link that shows this run's key figures in the run list; a sweep's job links to its
         own page (the sweep prints the link to all its jobs)."""
         if self.parent_run_id:
-            link = f"{ui_base(self.uri)}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+            link = f"{ui_base(self.uri)}/#/experiments/{self.experiment_id}/runs/{self.run_id}?{TRAINING_VIEW}"
         else:
             client = self.mlflow.MlflowClient()
             link = run_view(client, self.uri, record(client.get_run(self.run_id)))

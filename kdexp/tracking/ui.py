@@ -2,7 +2,10 @@
 view of the run list with every job's key figures as columns.
 
 MLflow 3 picks an experiment's view from the experiment tag `mlflow.experimentKind`; without it
-the UI guesses, and an experiment with no traces opens on the GenAI overview. A link to results
+the UI guesses, and an experiment with no traces opens on the GenAI overview. (MLflow 3.17.2
+checked in headless Chromium: the tag makes the experiment a training one, but a plain
+`#/experiments/<id>` still follows the browser's remembered GenAI / Model training switch, so
+every link kdexp prints also names the view.) A link to results
 uses the UI's own shared views: an experiment tag `mlflow.sharedViewState.<key>` holding the run
 list's URL state (filter, sort) and UI state (columns, expanded rows) as JSON, opened by
 `#/experiments/<id>/runs?viewStateShareKey=<key>` (what the UI's "Share" button writes; checked
@@ -16,6 +19,9 @@ import json
 KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"  # the UI's "Model training" experiments
 SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+# The kind tag alone does not win over the UI's own GenAI / Model training switch (remembered in
+# the browser, GenAI in a fresh one); a link that names the view lands on the runs either way.
+TRAINING_VIEW = "workflowType=machine_learning"
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
 KEY_METRICS = ("student_acc", "baseline_acc", "kd_gain")  # the figures every kdexp result has first
 MAX_LISTED_RUNS = 100
@@ -57,7 +63,7 @@ def share_view(client, experiment_id: str, key: str, search_filter: str, shown: 
 
 
 def view_link(uri: str, experiment_id: str, key: str) -> str:
-    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={key}"
+    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}&viewStateShareKey={key}"
 
 
 def rounded(key: str, value: float) -> float:
