@@ -91,6 +91,7 @@ def test_a_sweep_parent_has_axes_common_params_and_names_its_jobs(store):
                                        "params.`loss.temperature`"]
     assert parent in view["searchFilter"] and child.run_id in view["searchFilter"]
     assert view["orderByKey"] == "metrics.`student_acc`"
+    assert view["chartsSearchFilter"] == "^(student_acc|baseline_acc|kd_gain)$"  # what the chart view draws
 
 
 def test_a_new_store_is_announced_with_its_absolute_path(tmp_path, monkeypatch, capsys):

@@ -15,6 +15,7 @@ against MLflow 3.17's bundled UI). No clicking: the columns are already there.
 from __future__ import annotations
 
 import json
+import re
 
 KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"  # the UI's "Model training" experiments
@@ -55,8 +56,12 @@ def columns(metrics: list[str], params: list[str]) -> list[str]:
 def share_view(client, experiment_id: str, key: str, search_filter: str, shown: list[str],
                order_by: str | None = None, expanded: list[str] = ()) -> None:
     """Save a run-list view under `key` as an experiment tag the UI opens by `viewStateShareKey`."""
+    metrics = [c.removeprefix("metrics.`").removesuffix("`") for c in shown if c.startswith("metrics.")]
     state = {"searchFilter": search_filter, "orderByAsc": False, "selectedColumns": shown,
-             "runsExpanded": {run_id: True for run_id in expanded}}
+             "runsExpanded": {run_id: True for run_id in expanded},
+             # The chart view (Compare) draws every metric, sections in alphabetical order, so
+             # `baseline/loss` came first; its filter (a regex on metric names) keeps the key ones.
+             "chartsSearchFilter": "^(" + "|".join(re.escape(m) for m in metrics) + ")$" if metrics else ""}
     if order_by:
         state["orderByKey"] = f"metrics.`{order_by}`"
     client.set_experiment_tag(experiment_id, f"{SHARED_VIEW_PREFIX}{key}", json.dumps(state))
