@@ -127,7 +127,11 @@ def describe_parent(parent_id: str, uri: str | None) -> None:
             for metric in (m for m in report.metrics if m.key != "wall_time_s"):
                 if (mean := entry.mean(metric.key)) is not None:
                     metrics[f"{group_label(entry.values, report.axes)}/{metric.key}"] = mean
-    tracking.describe_sweep(parent_id, markdown(report), metrics)
+    try:
+        tracking.describe_sweep(parent_id, markdown(report), metrics)
+    except Exception as err:  # noqa: BLE001 - e.g. a store busy with parallel jobs: the jobs' results are safe
+        print(f"kdexp: note: the results table of sweep {parent_id} was not updated this time "
+              f"({type(err).__name__}: {' '.join(str(err).split())[:200]})")
 
 
 def close_interrupted_sweep(status: str = "KILLED") -> str | None:
