@@ -197,3 +197,13 @@ def test_a_sweep_names_jobs_by_temperature_and_describes_the_results(tmp_path):
     link = f"{LINK_START}{parent.info.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=kdexp-{parent.info.run_id}"
     assert f"every job's results in the UI: {link}" in result.stdout
     assert f"kdexp: new MLflow store: {tmp_path / 'mlflow.db'}" in result.stdout
+
+
+def test_links_use_a_tracking_servers_own_address():
+    from kdexp.tracking.ui import ui_base, view_link
+
+    assert view_link("http://mlflow.lab:8080/", "3", "k") == \
+        "http://mlflow.lab:8080/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=k"
+    assert ui_base("sqlite:///mlflow.db") == "http://127.0.0.1:5000"
+    assert tracking.ui_hint("http://mlflow.lab:8080", "3", "r").startswith(
+        "http://mlflow.lab:8080/#/experiments/3/runs/r?workflowType=machine_learning")
