@@ -103,7 +103,7 @@ def group_label(values: dict, axes: list[str]) -> str:
     no `=`; any other character it refuses becomes `_`)."""
     from kdexp.report.values import show
 
-    text = " ".join(f"{k}:{show(values.get(k))}" for k in axes)
+    text = " ".join(f"{k}:{show(values.get(k))}" for k in axes) or "mean"  # only seeds swept
     return re.sub(r"[^\w./\- :]", "_", text)
 
 

@@ -207,3 +207,25 @@ def test_links_use_a_tracking_servers_own_address():
     assert ui_base("sqlite:///mlflow.db") == "http://127.0.0.1:5000"
     assert tracking.ui_hint("http://mlflow.lab:8080", "3", "r").startswith(
         "http://mlflow.lab:8080/#/experiments/3/runs/r?workflowType=machine_learning")
+
+
+def test_a_parent_describes_its_ranked_results_and_each_settings_means(store):
+    from kdexp.sweep import describe_parent
+
+    parent = tracking.start_sweep(None, "kdexp", str(Path("outputs/multirun/y").absolute()),
+                                  ["loss.temperature=2,8", "seed=0,1"], ["loss.temperature=2,8", "seed=0,1"], {})
+    for t, seed, acc in ((2, 0, 60.0), (2, 1, 62.0), (8, 0, 70.0), (8, 1, 71.0)):
+        overrides = f"loss.temperature={t} seed={seed}"
+        job = tracking.Run(_tracking_cfg(), overrides, {"overrides": overrides}, parent_run_id=parent)
+        job.params({"loss.temperature": t, "seed": seed})
+        job.metrics({"student_acc": acc, "baseline_acc": 65.0, "kd_gain": acc - 65.0})
+        job.tags({"kdexp.objective": "student_acc"})
+        job.finish()
+    describe_parent(parent, None)
+    run = mlflow.MlflowClient().get_run(parent)
+    assert run.data.metrics["loss.temperature:8/student_acc"] == 70.5
+    assert run.data.metrics["loss.temperature:2/kd_gain"] == -4.0
+    table = run.data.tags["mlflow.note.content"]
+    rows = [line for line in table.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    assert rows[0].startswith("| 1 | 8 | 2 | 70.50 ± 0.71 | 65.00 ± 0.00 | +5.50 ± 0.71")  # ranked, seeds averaged
+    assert rows[1].startswith("| 2 | 2 | 2 | 61.00 ± 1.41")
