@@ -53,8 +53,8 @@ def group_options(group: str) -> list[str]:
 
 
 def check_group_choices(args: list[str]) -> None:
-    """Refuse an override Hydra cannot parse, or `group=unknown`, in one line (Hydra's own messages
-    span several lines)."""
+    """Refuse an override Hydra cannot parse, `group=unknown`, or a misspelt key, in one line
+    (Hydra's own messages span several lines)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -90,6 +90,11 @@ def check_group_choices(args: list[str]) -> None:
             if value not in options and value != "null":
                 name = group if override.package is None else f"{group}@{override.package}"
                 fail(f"{name}={value} is not an option of {group}; allowed: {', '.join(options)}")
+    from kdexp.suggest import unknown_key  # a misspelt key: one line with the closest valid key
+
+    groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
+    if (problem := unknown_key(overrides, CONFIG_DIR, groups)) is not None:
+        fail(problem)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")

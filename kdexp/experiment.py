@@ -121,6 +121,6 @@ def _track(cfg, hydra_dir, dataset, device, run, checkpoints, started: float) ->
         checkpoints.remove()  # only for resuming, and a FINISHED run is never resumed
     rows = outcome.rows + [("device", describe_device(device, cfg.trainer.precision, cfg.trainer.compile)), ("wall time", f"{wall:.1f} s")]
     summary(f"kdexp · {cfg.loss.name} · {cfg.data.name}", rows,
-            [f"MLflow run {run.run_id} in experiment '{cfg.tracking.experiment}' ({run.uri})",
+            [f"MLflow run {run.run_id} in experiment '{cfg.tracking.experiment}' of {run.where()}",
              f"open the UI: {run.ui_hint()}"])
     return float(outcome.metrics[outcome.objective])

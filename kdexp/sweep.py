@@ -10,6 +10,7 @@ workers inherit the environment of `ray start`, not of the launcher), by the swe
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ class MlflowSweep(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from kdexp import catalog, tracking  # noqa: F401  (catalog: families and terms register)
-        from kdexp.config import ConfigError, validate
+        from kdexp.config import ConfigError, flatten, validate
         from kdexp.store import ModelStore
 
         try:  # the base config of the sweep: a bad value stops here, before any job
@@ -57,21 +58,80 @@ class MlflowSweep(Callback):
             raise SweepRefused(str(err)) from None
         overrides = list(config.hydra.overrides.task)
         self.parent_id = tracking.start_sweep(typed.tracking.uri, typed.tracking.experiment,
-                                              sweep_dir_of(config.hydra), overrides)
+                                              sweep_dir_of(config.hydra), overrides,
+                                              sweep_axes(overrides), flatten(typed))
         MlflowSweep.open_parent = self.parent_id
         os.environ[tracking.SWEEP_ENV] = self.parent_id
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """Keep the parent's results table current as jobs finish (in the job's process; a job
+        that cannot see its parent's id, e.g. on a Ray worker, leaves it to the launcher)."""
+        parent = self.parent_id or os.environ.get(SWEEP_ENV_NAME)
+        if parent:
+            describe_parent(parent, (config.get("tracking") or {}).get("uri"))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from kdexp import tracking
 
         if self.parent_id is not None:
             status, best = tracking.end_sweep(self.parent_id)
+            describe_parent(self.parent_id, config.tracking.get("uri"))
             print(f"kdexp: sweep parent run {self.parent_id} {status}")
             if best is not None:
                 print(f"kdexp: best job: {best['overrides']} → {best['objective']} = {best['value']:.2f} "
                       f"(run {best['run_id']}); compare all jobs with: kdexp-report")
+            print(f"kdexp: MLflow store: {tracking.store_location(config.tracking.get('uri'))}")
+            uri = tracking.resolve_uri(config.tracking.get("uri"))
+            print(f"kdexp: every job's results in the UI: {tracking.sweep_link(self.parent_id)}  {tracking.adapt_note(uri)}")
             os.environ.pop(tracking.SWEEP_ENV, None)
             MlflowSweep.open_parent = None
+
+
+SWEEP_ENV_NAME = "KDEXP_PARENT_RUN_ID"  # = tracking.SWEEP_ENV, without importing MLflow here
+
+
+def sweep_axes(overrides: list[str]) -> list[str]:
+    """The sweep overrides of a launch (`loss.temperature=2,8`, `seed=range(3)`), as written."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [o.input_line for o in parsed if o.is_sweep_override()]
+
+
+def group_label(values: dict, axes: list[str]) -> str:
+    """`loss.temperature:2 loss.alpha:0.5`: a setting as an MLflow metric-name prefix (which takes
+    no `=`; any other character it refuses becomes `_`)."""
+    from kdexp.report.values import show
+
+    text = " ".join(f"{k}:{show(values.get(k))}" for k in axes) or "mean"  # only seeds swept
+    return re.sub(r"[^\w./\- :]", "_", text)
+
+
+def describe_parent(parent_id: str, uri: str | None) -> None:
+    """Write the parent's description: the ranked results table (swept values, student,
+    baseline, KD gain; seeds averaged), and, where seeds are averaged, each setting's means as
+    metrics. Best effort: a table that cannot be built now (no job finished yet, a store that
+    is busy) must not stop the sweep; the launcher writes it again at the end."""
+    from kdexp import tracking
+    from kdexp.report.files import markdown
+    from kdexp.report.table import ReportError, build
+
+    try:
+        parent = tracking.find_sweep(uri, "", parent_id)
+        report = build(parent, tracking.sweep_children(uri, parent))
+    except (ReportError, tracking.StoreError):
+        return
+    metrics = {}
+    if report.by_seed:
+        for entry in report.ranked:
+            for metric in (m for m in report.metrics if m.key != "wall_time_s"):
+                if (mean := entry.mean(metric.key)) is not None:
+                    metrics[f"{group_label(entry.values, report.axes)}/{metric.key}"] = mean
+    try:
+        tracking.describe_sweep(parent_id, markdown(report), metrics)
+    except Exception as err:  # noqa: BLE001 - e.g. a store busy with parallel jobs: the jobs' results are safe
+        print(f"kdexp: note: the results table of sweep {parent_id} was not updated this time "
+              f"({type(err).__name__}: {' '.join(str(err).split())[:200]})")
 
 
 def close_interrupted_sweep(status: str = "KILLED") -> str | None:

@@ -35,6 +35,11 @@ def write_csv(report: Report, path: Path) -> None:
 
 
 def write_markdown(report: Report, path: Path) -> None:
+    path.write_text(markdown(report))
+
+
+def markdown(report: Report) -> str:
+    """The table as Markdown (also the description of a sweep's parent run in the MLflow UI)."""
     head = headers(report)
     numeric = {"rank", "seeds"} | {m.header for m in report.metrics}
     lines = [f"## {title(report)}", "",
@@ -44,4 +49,4 @@ def write_markdown(report: Report, path: Path) -> None:
              "| " + " | ".join(head) + " |",
              "|" + "|".join("---:" if h in numeric else "---" for h in head) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows(report)]
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"

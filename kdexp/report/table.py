@@ -130,7 +130,30 @@ def cell(entry: Entry, metric: Metric) -> str:
         return "–"
     std = entry.std(metric.key) if len(entry.runs) > 1 else None
     text = metric.fmt.format(mean)
-    return f"{text} ± {std:.2f}" if std is not None else text
+    text = f"{text} ± {std:.2f}" if std is not None else text
+    return f"{text}{teacher_note(entry.runs)}" if metric.key == "wall_time_s" else text
+
+
+def teacher_source(run) -> str | None:
+    """'trained' when the job trained a teacher, 'loaded' when the model store served every
+    teacher it used, None when it used none (tags `kdexp.<role>.source` of teacher roles)."""
+    sources = [v for k, v in run.tags.items()
+               if k.startswith("kdexp.teacher") and k.endswith(".source")]
+    if not sources:
+        return None
+    return "trained" if "trained" in sources else "loaded"
+
+
+def teacher_note(runs: list) -> str:
+    """Why wall times differ: ` (teacher trained)`, ` (teacher loaded)`, or for seeds averaged
+    ` (teacher trained in 1 of 3)`; empty when no job used a teacher."""
+    sources = [teacher_source(r) for r in runs]
+    trained = sources.count("trained")
+    if not any(sources):
+        return ""
+    if trained in (0, len(runs)) and None not in sources:
+        return f" (teacher {'trained' if trained else 'loaded'})"
+    return f" (teacher trained in {trained} of {len(runs)})"
 
 
 def seeds_cell(entry: Entry) -> str:

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 from kdexp.config import ConfigError
 from kdexp.paths import unwritable
+from kdexp.tracking.ui import KIND_TAG, TRAINING_KIND, TRAINING_VIEW, adapt_note, mark_training, ui_base
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 PAGE = 1000  # runs per search request
@@ -132,24 +133,34 @@ def open_store(uri: str) -> None:
                 for leftover in (db, Path(f"{db}-journal"), Path(f"{db}-wal"), Path(f"{db}-shm")):
                     leftover.unlink(missing_ok=True)
             raise
+    if fresh:  # run from another folder, kdexp would otherwise start a new store there silently
+        print(f"kdexp: new MLflow store: {db.absolute()}", flush=True)
     _READY.add(where)
 
 
+def store_location(uri: str | None) -> str:
+    """The store as a user finds it again: a local database as its absolute path, else the URI."""
+    uri = resolve_uri(uri)
+    db = sqlite_path(uri)
+    return str(db.absolute()) if db is not None else uri
+
+
 def experiment_id(client, name: str) -> str:
-    """The id of experiment `name`, created if missing; a process that loses the race to create
-    it picks up the winner's."""
+    """The id of experiment `name`, created if missing, tagged as a model-training experiment so
+    that the UI opens it on its runs (one made by an earlier kdexp gets the tag now); a process
+    that loses the race to create it picks up the winner's."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException:
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+    if found is None:
+        try:
+            return client.create_experiment(name, tags={KIND_TAG: TRAINING_KIND})
+        except MlflowException:
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    mark_training(client, found.experiment_id, found.tags)
+    return found.experiment_id
 
 
 def prepare(uri: str | None, experiment: str) -> tuple[str, str]:
@@ -187,8 +198,6 @@ def search_all(client, experiment_ids: list[str], filter_string: str, **kwargs) 
 
 
 def ui_hint(uri: str | None, experiment_id: str, run_id: str) -> str:
-    """Where to look at a run: its page on a server, or the `mlflow ui` command for a local store."""
+    """A run's page: on a server, or in `mlflow ui` started where the local store is."""
     uri = resolve_uri(uri)
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"mlflow ui --backend-store-uri {uri}   (then open experiment {experiment_id}, run {run_id})"
+    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}  {adapt_note(uri)}"

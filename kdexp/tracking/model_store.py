@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
 from kdexp.config import flatten
 from kdexp.tracking.connect import client, experiment_id, search_all
 from kdexp.tracking.runs import PARAM_LIMIT
+from kdexp.tracking.ui import rounded
+
+TRAINED_BY_TAG = "kdexp.trained_by"  # the run that trained a store entry
 
 LOST_TAG = "kdexp.store_lost"  # why an entry was given up: its files are gone, or its writer died
 
@@ -62,15 +66,43 @@ def find_stored(experiment: str, key: str,
     return None
 
 
+def _trained_by() -> dict[str, str]:
+    """Tags linking an entry to the run that trained it (the active run of this process)."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is None:
+        return {}
+    return {TRAINED_BY_TAG: active.info.run_id,
+            "mlflow.note.content": f"Trained by run [{active.info.run_id}]"
+                                   f"(#/experiments/{active.info.experiment_id}/runs/{active.info.run_id})."}
+
+
+def _log_curves(mlflow_client, run_id: str, history: dict) -> None:
+    """The entry's training curves, one step per epoch, so the UI shows how it trained and its
+    final accuracy (a metric's latest value)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    points = [Metric(name, rounded(name, float(value)), now, epoch)
+              for name, values in history.items() if isinstance(values, list)
+              for epoch, value in enumerate(values, 1) if isinstance(value, (int, float))]
+    for start in range(0, len(points), 1000):  # MLflow takes at most 1000 metrics per batch
+        mlflow_client.log_batch(run_id, metrics=points[start:start + 1000])
+
+
 def save_stored(experiment: str, key: str, payload: dict, label: str, state: dict, history: dict) -> str:
-    """Record a trained model as a FINISHED run of the store experiment; returns its run id."""
+    """Record a trained model as a FINISHED run of the store experiment, with its training curves
+    and a link to the run that trained it; returns its run id."""
     import torch
 
     mlflow_client = client()
     exp_id = experiment_id(mlflow_client, experiment)
     run = mlflow_client.create_run(exp_id, run_name=f"{label} {key[:8]}",
-                                   tags={"kdexp.store_key": key, "kdexp.role": "store", "kdexp.label": label})
+                                   tags={"kdexp.store_key": key, "kdexp.role": "store", "kdexp.label": label,
+                                         **_trained_by()})
     try:
+        _log_curves(mlflow_client, run.info.run_id, history)
         for name, value in flatten(payload).items():
             mlflow_client.log_param(run.info.run_id, name, value[:PARAM_LIMIT])
         with tempfile.TemporaryDirectory(prefix="kdexp-store-") as tmp:

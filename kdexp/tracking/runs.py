@@ -6,7 +6,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from kdexp.tracking.connect import prepare, ui_hint
+from kdexp.tracking.connect import prepare, store_location
+from kdexp.tracking.names import job_name_of
+from kdexp.tracking.reader import record
+from kdexp.tracking.ui import TRAINING_VIEW, adapt_note, rounded, run_view, ui_base
 
 PARAM_LIMIT = 6000  # MLflow's limit on a param value
 CHANGED_PREFIX = "kdexp.resumed_with."  # tag of a setting changed since the run started
@@ -31,9 +34,12 @@ class Run:
                 old = self.run.data.tags.get("mlflow.parentRunId")
                 mlflow.set_tags({"mlflow.parentRunId": parent_run_id, **({"kdexp.first_parent": old} if old else {})})
         else:
+            if parent_run_id and not tracking_cfg.run_name:  # a sweep's job: named by what varies
+                run_name = job_name_of(mlflow.MlflowClient(), parent_run_id, tags.get("overrides", "")) or run_name
             self.run = mlflow.start_run(run_name=tracking_cfg.run_name or run_name, tags=tags,
                                         parent_run_id=parent_run_id)
         self.run_id = self.run.info.run_id
+        self.parent_run_id = parent_run_id
 
     def logged_steps(self, key: str) -> set[int]:
         return {m.step for m in self.mlflow.MlflowClient().get_metric_history(self.run_id, key)}
@@ -56,7 +62,7 @@ class Run:
         return sorted(changed)
 
     def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.mlflow.log_metrics({k.replace("@", "_"): float(v) for k, v in metrics.items()}, step=step)
+        self.mlflow.log_metrics({k.replace("@", "_"): rounded(k, float(v)) for k, v in metrics.items()}, step=step)
 
     def tags(self, tags: dict[str, str]) -> None:
         self.mlflow.set_tags(tags)
@@ -107,5 +113,16 @@ class Run:
         except Exception:  # noqa: BLE001 - the run stays open in the store; `err` is what to report
             pass
 
+    def where(self) -> str:
+        """The store, as an absolute path for a local one."""
+        return store_location(self.uri)
+
     def ui_hint(self) -> str:
-        return ui_hint(self.uri, self.experiment_id, self.run_id)
+        """A link that shows this run's key figures in the run list; a sweep's job links to its
+        own page (the sweep prints the link to all its jobs)."""
+        if self.parent_run_id:
+            link = f"{ui_base(self.uri)}/#/experiments/{self.experiment_id}/runs/{self.run_id}?{TRAINING_VIEW}"
+        else:
+            client = self.mlflow.MlflowClient()
+            link = run_view(client, self.uri, record(client.get_run(self.run_id)))
+        return f"{link}  {adapt_note(self.uri)}"

@@ -3,28 +3,52 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
+import time
 from pathlib import Path
 
 from kdexp.tracking.connect import client, git_commit, open_store, prepare, resolve_uri, search_all
+from kdexp.tracking.names import COMMON_KEYS_TAG, override_key, sweep_name
 from kdexp.tracking.reader import REUSED_PREFIX, RunRecord, jobs_of, record
+from kdexp.tracking.runs import PARAM_LIMIT
+from kdexp.tracking.ui import KEY_METRICS, rounded, sweep_view
 
 SWEEP_ENV = "KDEXP_PARENT_RUN_ID"
+AXES_TAG = "kdexp.sweep_axes"  # JSON list: the sweep overrides (`loss.temperature=2,8`)
 
 
-def start_sweep(uri: str | None, experiment: str, sweep_dir: str, overrides: list[str]) -> str:
-    """A new parent run for this launch; returns its id. Parents still RUNNING whose launcher
-    on this machine is gone (killed with -9: nothing could close them) are closed as KILLED."""
+def start_sweep(uri: str | None, experiment: str, sweep_dir: str, overrides: list[str],
+                axes: list[str] | None = None, common: dict[str, str] | None = None) -> str:
+    """A new parent run for this launch, named by its `axes` (the sweep overrides), with the
+    sweep's `common` config (flattened, the axes' keys left out) and its axes as params; returns
+    its id. Parents still RUNNING whose launcher on this machine is gone (killed with -9: nothing
+    could close them) are closed as KILLED."""
     _, exp_id = prepare(uri, experiment)
     mlflow_client = client()
     _close_orphans(mlflow_client, exp_id)
-    name = f"sweep {Path(sweep_dir).name}: {' '.join(overrides) or '(no overrides)'}"
-    run = mlflow_client.create_run(exp_id, run_name=name[:250], tags={
+    axes = list(axes or [])
+    axis_keys = [override_key(a) for a in axes]
+    common_keys = [override_key(o) for o in overrides if override_key(o) not in axis_keys]
+    run = mlflow_client.create_run(exp_id, run_name=sweep_name(axes, Path(sweep_dir).name), tags={
         "kdexp.role": "sweep", "kdexp.sweep_dir": sweep_dir, LAUNCHER_TAG: _launcher(),
         "kdexp.sweep_overrides": " ".join(overrides), **({"git_commit": c} if (c := git_commit()) else {}),
+        AXES_TAG: json.dumps(axes), COMMON_KEYS_TAG: json.dumps(common_keys),
     })
+    params = {k: v for k, v in (common or {}).items()
+              if not any(k == a or k.startswith(f"{a}.") for a in axis_keys)}
+    params.update({key: axis.split("=", 1)[1] for key, axis in zip(axis_keys, axes)})
+    _log_params(mlflow_client, run.info.run_id, params)
     return run.info.run_id
+
+
+def _log_params(mlflow_client, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:PARAM_LIMIT]) for k, v in params.items()]
+    for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        mlflow_client.log_batch(run_id, params=items[start:start + 100])
 
 
 LAUNCHER_TAG = "kdexp.launcher"  # host:pid of the process that opened a parent run
@@ -118,6 +142,36 @@ def end_sweep(parent_id: str, status: str | None = None) -> tuple[str, dict | No
     if best is not None:
         mlflow_client.set_tag(parent_id, "kdexp.best_run", best["run_id"])
         mlflow_client.set_tag(parent_id, "kdexp.best_overrides", best["overrides"])
-        mlflow_client.log_metric(parent_id, f"best_{best['objective']}", best["value"])
+        figures = next(j.metrics for j in jobs if j.run_id == best["run_id"])
+        _log_metrics(mlflow_client, parent_id, {f"best_{k}": figures[k]
+                                                for k in dict.fromkeys([best["objective"], *KEY_METRICS]) if k in figures})
     mlflow_client.set_terminated(parent_id, status)
     return status, best
+
+
+def _log_metrics(mlflow_client, run_id: str, metrics: dict[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    mlflow_client.log_batch(run_id, metrics=[Metric(k, rounded(k, v), now, 0) for k, v in metrics.items()])
+
+
+def describe_sweep(parent_id: str, description: str, metrics: dict[str, float]) -> None:
+    """The parent's description (the UI's "Description" of a run) and its summary metrics."""
+    mlflow_client = client()
+    mlflow_client.set_tag(parent_id, "mlflow.note.content", description[:60000])
+    if metrics:
+        _log_metrics(mlflow_client, parent_id, metrics)
+
+
+def sweep_link(parent_id: str) -> str:
+    """A link to the run list showing the sweep's every job with its key figures (see `ui`)."""
+    import mlflow
+
+    mlflow_client = client()
+    parent = record(mlflow_client.get_run(parent_id))
+    jobs = jobs_of(mlflow_client, parent)
+    axes = [override_key(a) for a in json.loads(parent.tags.get(AXES_TAG, "[]"))]
+    if not axes:  # a sweeper's own search space: the keys the jobs' names show
+        axes = list(dict.fromkeys(override_key(o) for j in jobs for o in j.name.split(" ") if "=" in o))
+    return sweep_view(mlflow_client, mlflow.get_tracking_uri(), parent, jobs, axes)
