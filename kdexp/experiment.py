@@ -14,14 +14,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from kdexp import config as config_mod
 from kdexp import data as data_mod
 from kdexp.checkpoint import Checkpoints
 from kdexp.console import console, summary
 from kdexp.context import Context
 from kdexp.devices import available_devices, describe_device, resolve_device  # noqa: F401  (public names)
 from kdexp.fit import check_models_fit as _check_models_fit, check_terms_fit
-from kdexp.naming import default_run_name, run_tags
+from kdexp.naming import default_run_name, run_params, run_tags
 from kdexp.store import ModelStore
 
 
@@ -89,7 +88,7 @@ def _track(cfg, hydra_dir, dataset, device, run, checkpoints, started: float) ->
     from kdexp.methods import REGISTRY
 
     try:
-        changed = run.params(config_mod.flatten(cfg))
+        changed = run.params(run_params(cfg))
         if changed:
             console.print(f"kdexp: resumed with other values of {', '.join(changed)} (settings that do not "
                           f"change results); recorded as tags kdexp.resumed_with.*", markup=False)

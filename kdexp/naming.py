@@ -1,10 +1,12 @@
-"""What a run is called and tagged: its teacher and student as its family uses them (each family's
-`roles`), the loss family, the distillation terms, the data set, the overrides."""
+"""What a run is called, tagged and logs as params: its teacher and student as its family uses them
+(each family's `roles`), the loss family, the distillation terms, the data set, the overrides, and
+the resolved config without the keys that do not apply to its family."""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from kdexp.config import flatten
 from kdexp.registry import FAMILIES
 
 
@@ -36,3 +38,10 @@ def default_run_name(cfg: DictConfig, overrides: list[str]) -> str:
         return " ".join(overrides)
     teacher, student = _roles(cfg)
     return f"{cfg.loss.name} {teacher}→{student}"
+
+
+def run_params(cfg: DictConfig) -> dict[str, str]:
+    """The flattened resolved config, less what the family says does not apply (e.g. `loss=none`
+    logs no temperature, alpha, kd.* or hint.*)."""
+    unused = FAMILIES[cfg.loss.name].unused_params(cfg)
+    return {key: value for key, value in flatten(cfg).items() if not key.startswith(unused)}

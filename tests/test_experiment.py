@@ -58,10 +58,18 @@ def test_same_seed_same_metrics_and_baseline_shares_student_init(store):
 
 
 @pytest.mark.slow
-def test_none_trains_the_student_alone(store):
+def test_none_trains_the_student_alone_and_shares_the_stored_baseline(store):
+    _, standard = run_experiment(["tracking.log_model=false"])
     _, run = run_experiment(["loss=none", "tracking.log_model=false"])
     assert run.info.status == "FINISHED"
     assert "student_acc" in run.data.metrics and "teacher_acc" not in run.data.metrics
+    # the student alone is the standard run's baseline: one store entry, the same accuracy
+    assert run.data.tags["kdexp.student.source"] == "store"
+    assert run.data.tags["kdexp.student.lineage"] == standard.data.tags["kdexp.baseline.lineage"]
+    assert run.data.metrics["student_acc"] == standard.data.metrics["baseline_acc"]
+    # no params that mean nothing without a teacher
+    assert not [k for k in run.data.params if k in ("loss.temperature", "loss.alpha") or k.startswith(("kd.", "hint."))]
+    assert run.data.params["loss.name"] == "none" and "student.hidden" in run.data.params
 
 
 @pytest.mark.slow

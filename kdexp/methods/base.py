@@ -62,6 +62,16 @@ class Method:
             require(False, key, OmegaConf.to_container(cfg[key]), f"loss={cls.name} does not compose distillation terms "
                     f"here (only {composing} does); use kd=hinton hint=none with loss={cls.name}")
 
+    # Keys of the `loss` section the family accepts but does not use (not logged as params).
+    unused_keys: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def unused_params(cls, cfg) -> tuple[str, ...]:
+        """Prefixes of the flattened params that do not apply to this run: the family's unused
+        `loss` keys, and the kd= and hint= sections where the family does not compose them."""
+        unused = tuple(f"loss.{key}" for key in cls.unused_keys)
+        return unused if cls.composes(cfg) else (*unused, "kd.", "hint.")
+
     @classmethod
     def roles(cls, cfg) -> tuple[str, str]:
         """(teacher, student) as the family uses them, for tags and run names."""

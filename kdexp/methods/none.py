@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdexp.losses import labels_only
 from kdexp.methods.base import Method, Outcome, register
 from kdexp.models import describe
-from kdexp.train import Phase
 
 
 @dataclass
@@ -23,23 +21,18 @@ class NoneLossConfig:
 class NoDistillation(Method):
     name = "none"
     schema = NoneLossConfig
+    # Accepted, so that one sweep may set them across families (loss=none,standard loss.alpha=...),
+    # but meaningless without a teacher: not logged as params.
+    unused_keys = ("temperature", "alpha")
 
     @classmethod
     def roles(cls, cfg) -> tuple[str, str]:
         return "(none)", describe(cfg.student)
 
     def run(self) -> Outcome:
+        """The student alone is the baseline of every other family's run with the same student,
+        data, seed and schedule: the same store entry serves both, so neither trains it twice."""
         ctx, cfg = self.ctx, self.ctx.cfg
-        student = ctx.build(cfg.student, "student")
-        phase = Phase(
-            name="student",
-            models={"student": student},
-            loss=lambda x, y, idx: labels_only(student(x), y),
-            predict=lambda x: {"student": student(x)},
-            epochs=cfg.trainer.epochs,
-            seed=ctx.seed("student"),
-            augment=ctx.augment_students,
-        )
-        hist = ctx.train(phase)
+        student, hist = ctx.supervised(cfg.student, "student", "student", cfg.trainer.epochs, ctx.augment_students)
         return self.teacher_student_outcome(None, None, student, hist.last("student/test_acc"), None,
                                             ctx.val_acc(hist, "student"))
