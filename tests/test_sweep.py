@@ -59,8 +59,9 @@ def test_joblib_sweep_on_a_fresh_store_finishes_every_job(tmp_path):
 
 
 def test_eight_parallel_jobs_on_a_fresh_store_all_finish(tmp_path):
+    # 200 images, one epoch: some seeds' teachers stay near chance, which is not what this tests.
     kdexp(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=8", "seed=0,1,2,3,4,5,6,7",
-           *QUIET, "data.limit_train=200"], tmp_path, timeout=900)
+           *QUIET, "data.limit_train=200", "trainer.fail_at_chance=false"], tmp_path, timeout=900)
     parents, children = split(runs_of(tmp_path))
     assert len(children) == 8 and {c.info.status for c in children} == {"FINISHED"}
     assert parents[0].info.status == "FINISHED"
