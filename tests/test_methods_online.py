@@ -58,7 +58,9 @@ def test_peers_train_together_and_report_each_peer_ensemble_and_gain(store, mode
         assert m[f"peer{i}_kd_gain"] == pytest.approx(m[f"peer{i}_acc"] - m[f"peer{i}_baseline_acc"])
     assert m["peer0_params"] > m["peer1_params"] > m["peer2_params"]
     assert "ensemble_acc" in m
-    assert objective == m["mean_acc"] == pytest.approx(sum(m[f"peer{i}_acc"] for i in range(3)) / 3)
+    # metrics are logged rounded to 4 decimals; the objective is returned as computed
+    assert objective == pytest.approx(m["mean_acc"], abs=1e-4)
+    assert m["mean_acc"] == pytest.approx(sum(m[f"peer{i}_acc"] for i in range(3)) / 3, abs=1e-4)
     assert m["kd_gain"] == pytest.approx(sum(m[f"peer{i}_kd_gain"] for i in range(3)) / 3)
     client = mlflow.MlflowClient()
     for key in ("peer0/test_acc", "peer2/test_acc", "peer1_baseline/test_acc", "online/loss",

@@ -120,8 +120,10 @@ def test_byot_reports_every_exit_and_its_gain(store):
             assert key in m, key
         assert m[f"exit{i}_kd_gain"] == pytest.approx(m[f"exit{i}_acc"] - m[f"exit{i}_baseline_acc"])
     assert m["exit1_params"] < m["exit2_params"] < m["exit3_params"]
-    assert objective == m["mean_acc"] == pytest.approx(sum(m[f"exit{i}_acc"] for i in (1, 2, 3)) / 3)
-    assert m["kd_gain"] == pytest.approx(m["mean_acc"] - m["baseline_mean_acc"])
+    # metrics are logged rounded to 4 decimals; the objective is returned as computed
+    assert objective == pytest.approx(m["mean_acc"], abs=1e-4)
+    assert m["mean_acc"] == pytest.approx(sum(m[f"exit{i}_acc"] for i in (1, 2, 3)) / 3, abs=1e-4)
+    assert m["kd_gain"] == pytest.approx(m["mean_acc"] - m["baseline_mean_acc"], abs=2e-4)
     client = mlflow.MlflowClient()
     for key in ("exit1/test_acc", "exit3/test_acc", "baseline_exit1/test_acc", "student/exit1_kd",
                 "student/exit2_feat", "student/exit3_ce", "student/loss"):
