@@ -81,10 +81,12 @@ def read_state(ref: str, key: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, BadZipFile: not readable
-        if "Weights only load failed" in str(err):
-            raise ConfigError(f"{key}={ref}: the file holds pickled Python objects, not only tensors; kdexp never "
-                              f"unpickles code (weights_only=True): save model.state_dict() instead") from None
-        cause = " ".join(str(err).split())[:200]
+        needs = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if needs:
+            raise ConfigError(f"{key}={ref}: the file holds pickled Python objects ({needs.group(1)}), not only "
+                              f"tensors; kdexp never unpickles code (weights_only=True): save model.state_dict() "
+                              f"instead") from None
+        cause = " ".join(str(err).split("WeightsUnpickler error:")[-1].split())[:200]
         raise ConfigError(f"{key}={ref}: not a torch checkpoint ({type(err).__name__}: {cause})") from None
     return _unwrap(obj, key, ref)
 
