@@ -144,3 +144,17 @@ def test_a_two_job_sweep_imports_the_checkpoint_once_and_the_cli_refuses_bad_one
     refused = kdexp([*args[:-1], f"teacher.checkpoint={tmp_path}/missing.pt"], tmp_path)
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0
     assert "teacher.checkpoint=" in refused.stderr and "no such file" in refused.stderr
+
+
+@pytest.mark.slow
+def test_a_logged_student_is_the_next_teacher_through_its_mlflow_uri_and_exports(store, tmp_path):
+    _, first = run_experiment([])  # logs the student as an MLflow model (tracking.log_model=true)
+    uri = first.data.tags["student_model_uri"]
+    _, second = run_experiment(["tracking.log_model=false", "model@teacher=mlp", f"teacher.checkpoint={uri}"])
+    assert second.data.tags["kdexp.teacher.source"] == "imported"
+    assert second.data.metrics["teacher_acc"] == first.data.metrics["student_acc"]
+    exported = kdexp([first.info.run_id, str(tmp_path / "student.pt"), "--role", "student"], tmp_path,
+                     module="kdexp.export", check=True)
+    assert "wrote model" in exported.stdout
+    state = torch.load(tmp_path / "student.pt", weights_only=True)
+    assert set(state) == set(models_mod.build(compose_cfg([]).student, (1, 28, 28), 10, 0).state_dict())

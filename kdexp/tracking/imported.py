@@ -20,7 +20,7 @@ def _one_line(err: BaseException) -> str:
 def model_version(uri: str, key: str) -> dict[str, str]:
     """What a model URI points at now: a registered model's name and version (an alias or
     `latest` resolved), so that a new version under the same URI is a new store entry; a
-    `runs:/` URI names its run already."""
+    `runs:/` URI and a logged model's `models:/<model id>` name fixed weights already."""
     if not uri.startswith("models:/"):
         return {}
     name, _, ref = uri.removeprefix("models:/").partition("/")
@@ -31,6 +31,8 @@ def model_version(uri: str, key: str) -> dict[str, str]:
             version = mlflow_client.get_model_version_by_alias(name, alias).version
         elif ref.isdigit():
             version = mlflow_client.get_model_version(name, ref).version
+        elif not ref:  # MLflow 3's logged models: models:/<model id>, immutable like a runs:/ URI
+            return {"model_id": mlflow_client.get_logged_model(name).model_id}
         else:
             found = mlflow_client.search_model_versions(f"name = '{name}'")
             if not found:
