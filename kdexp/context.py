@@ -189,6 +189,7 @@ class Context:
 
         def produce() -> tuple[dict, dict]:
             teacher_import.import_weights(model, model_cfg, config_key)
+            console.print(f"[bold]{role}[/bold]: imported from {ref}, not trained", highlight=False)
             metrics = {}
             for split_name in ("test", "val"):
                 split = getattr(self.dataset, split_name)
@@ -207,8 +208,6 @@ class Context:
             tags = {"kdexp.imported_from": ref, **{f"kdexp.imported.{k}": str(v) for k, v in source.items()}}
             label = f"{role} {models_mod.describe(model_cfg)} imported"
             history = self._served(role, model, key, label, produce, tags, made="imported")
-        console.print(f"[bold]{role}[/bold]: imported from {ref}, not trained "
-                      f"(test accuracy {history.last(f'{role}/test_acc'):.2f} %)", highlight=False)
         return model, history
 
     def teacher(self, model_cfg, role: str = "teacher") -> tuple[nn.Module, History]:

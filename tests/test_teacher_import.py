@@ -158,3 +158,9 @@ def test_a_logged_student_is_the_next_teacher_through_its_mlflow_uri_and_exports
     assert "wrote model" in exported.stdout
     state = torch.load(tmp_path / "student.pt", weights_only=True)
     assert set(state) == set(models_mod.build(compose_cfg([]).student, (1, 28, 28), 10, 0).state_dict())
+
+
+@pytest.mark.parametrize("family", ["self", "online", "none", "multi_teacher"])
+def test_a_teacher_checkpoint_where_the_family_has_no_teacher_is_refused(family):
+    with pytest.raises(ConfigError, match=rf"teacher.checkpoint='t.pt' is not allowed; loss={family} has no `teacher` to import"):
+        compose_cfg([f"loss={family}", "teacher.checkpoint=t.pt"])
