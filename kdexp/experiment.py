@@ -61,8 +61,8 @@ def _run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None, parent_r
     check_models_fit(cfg, dataset)
     dataset = dataset.to(device)
     tracking.prepare(cfg.tracking.uri, cfg.tracking.experiment)
-    check_checkpoints(cfg, dataset.input_shape, dataset.num_classes)  # after prepare: a runs:/ URI needs the store
-    key = run_key(cfg, device.type)
+    imported = check_checkpoints(cfg, dataset.input_shape, dataset.num_classes)  # a runs:/ URI needs the store
+    key = run_key(cfg, device.type, imported)
     with run_lock(cfg.trainer.checkpoint_dir, key):
         previous = tracking.find_run(cfg.tracking.experiment, key) if cfg.trainer.rerun == "skip" else None
         if previous is not None and previous.status == "FINISHED":

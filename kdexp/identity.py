@@ -74,11 +74,15 @@ def digest(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def run_key(cfg, device: str | None = None) -> str:
+def run_key(cfg, device: str | None = None, imported: dict | None = None) -> str:
     """Hash of the resolved config without the settings in `NOT_IDENTITY` and the added keys at
     their "as before" value. `device` is what `trainer.device` resolved to here, so that `auto`
-    and the device it picks are one run."""
+    and the device it picks are one run. `imported`: the identity of each imported teacher's
+    weights (`teacher_import.check_checkpoints`), so a checkpoint file rewritten in place makes
+    another run; none leaves the key what it was."""
     plain = OmegaConf.to_container(cfg, resolve=True)
+    if imported:
+        plain["imported"] = imported
     if device is not None:
         plain["trainer"]["device"] = device
     for section, keys in NOT_IDENTITY.items():

@@ -128,14 +128,18 @@ def imported_models(cfg) -> list[tuple[str, object]]:
     return [(f"{where}.checkpoint", m) for where, m in found if m.get("checkpoint")]
 
 
-def check_checkpoints(cfg, input_shape: tuple[int, ...], num_classes: int) -> None:
+def check_checkpoints(cfg, input_shape: tuple[int, ...], num_classes: int) -> dict[str, dict]:
     """Before anything trains: every checkpoint named is readable and fits its model; students
-    and peers take none (they are trained by the run)."""
+    and peers take none (they are trained by the run). Returns each one's identity (`source_of`)
+    by config key, for the run key: new weights under the same path are another run."""
     for where in ("student",) + tuple(f"loss.peers[{i}]" for i in range(len(cfg.loss.get("peers") or []))):
         model_cfg = cfg.student if where == "student" else cfg.loss.peers[int(where[10:-1])]
         if model_cfg.get("checkpoint"):
             raise ConfigError(f"{where}.checkpoint={model_cfg.checkpoint}: only teachers are imported "
                               f"(teacher.checkpoint, loss.teachers[i].checkpoint); allowed: null")
+    sources = {}
     for key, model_cfg in imported_models(cfg):
+        sources[key] = source_of(str(model_cfg.checkpoint), key)
         model = models_mod.build(model_cfg, input_shape, num_classes, 0)
         import_weights(model, model_cfg, key)
+    return sources

@@ -164,3 +164,16 @@ def test_a_logged_student_is_the_next_teacher_through_its_mlflow_uri_and_exports
 def test_a_teacher_checkpoint_where_the_family_has_no_teacher_is_refused(family):
     with pytest.raises(ConfigError, match=rf"teacher.checkpoint='t.pt' is not allowed; loss={family} has no `teacher` to import"):
         compose_cfg([f"loss={family}", "teacher.checkpoint=t.pt"])
+
+
+def test_new_weights_under_the_same_path_are_another_run(tmp_path):
+    from kdexp.identity import run_key
+
+    cfg = compose_cfg([f"teacher.checkpoint={tmp_path}/t.pt"])
+    keys = set()
+    for seed in (0, 1):
+        torch.save(models_mod.build(cfg.teacher, (1, 28, 28), 10, seed).state_dict(), tmp_path / "t.pt")
+        keys.add(run_key(cfg, "cpu", check_checkpoints(cfg, (1, 28, 28), 10)))
+    assert len(keys) == 2
+    assert run_key(compose_cfg([]), "cpu", check_checkpoints(compose_cfg([]), (1, 28, 28), 10)) == \
+        run_key(compose_cfg([]), "cpu")
