@@ -182,7 +182,8 @@ class Context:
         import is a store entry keyed by the weights' identity, so a sweep imports it once and
         its students share its cached logits as they share a trained teacher's."""
         # multi_teacher's teachers are roles teacher0, teacher1, ... of loss.teachers[0], [1], ...
-        config_key = "teacher.checkpoint" if role == "teacher" else f"loss.teachers[{role.removeprefix('teacher')}].checkpoint"
+        index = role.removeprefix("teacher")
+        config_key = f"loss.teachers[{index}].checkpoint" if index else "teacher.checkpoint"
         ref = str(model_cfg.checkpoint)
         model = self.build(model_cfg, role)
         source = teacher_import.source_of(ref, config_key)

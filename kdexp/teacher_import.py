@@ -124,7 +124,8 @@ def import_weights(model: nn.Module, model_cfg, key: str) -> None:
 
 def imported_models(cfg) -> list[tuple[str, object]]:
     """(config key, model config) of every model of `cfg` that names a checkpoint."""
-    found = [("teacher", cfg.teacher)] + [(f"loss.teachers[{i}]", m) for i, m in enumerate(cfg.loss.get("teachers") or [])]
+    teachers = cfg.loss.get("teachers") or []
+    found = [("teacher", cfg.teacher)] + [(f"loss.teachers[{i}]", m) for i, m in enumerate(teachers)]
     return [(f"{where}.checkpoint", m) for where, m in found if m.get("checkpoint")]
 
 

@@ -162,7 +162,8 @@ def test_a_logged_student_is_the_next_teacher_through_its_mlflow_uri_and_exports
 
 @pytest.mark.parametrize("family", ["self", "online", "none", "multi_teacher"])
 def test_a_teacher_checkpoint_where_the_family_has_no_teacher_is_refused(family):
-    with pytest.raises(ConfigError, match=rf"teacher.checkpoint='t.pt' is not allowed; loss={family} has no `teacher` to import"):
+    refusal = rf"teacher.checkpoint='t.pt' is not allowed; loss={family} has no `teacher` to import"
+    with pytest.raises(ConfigError, match=refusal):
         compose_cfg([f"loss={family}", "teacher.checkpoint=t.pt"])
 
 

@@ -72,7 +72,8 @@ def exported_state(ref: str, role: str, experiment: str, tracking_uri: str | Non
     try:
         run = mlflow_client.get_run(ref)
     except Exception as err:  # noqa: BLE001
-        raise ConfigError(f"{ref}: neither a store key nor a run id of this tracking store ({_one_line(err)})") from None
+        raise ConfigError(f"{ref}: neither a store key nor a run id of this tracking store "
+                          f"({_one_line(err)})") from None
     tags = run.data.tags
     if "kdexp.store_key" in tags:
         return exported_state(tags["kdexp.store_key"], role, experiment)
