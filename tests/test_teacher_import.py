@@ -178,3 +178,14 @@ def test_new_weights_under_the_same_path_are_another_run(tmp_path):
     assert len(keys) == 2
     assert run_key(compose_cfg([]), "cpu", check_checkpoints(compose_cfg([]), (1, 28, 28), 10)) == \
         run_key(compose_cfg([]), "cpu")
+
+
+@pytest.mark.slow
+def test_each_teacher_of_multi_teacher_takes_its_own_checkpoint(store, tmp_path):
+    torch.save(models_mod.build(compose_cfg([]).teacher, (1, 28, 28), 10, 0).state_dict(), tmp_path / "t.pt")
+    _, run = run_experiment(["loss=multi_teacher", f"loss.teachers=[{{name: cnn, checkpoint: {tmp_path}/t.pt}}, mlp]",
+                             "trainer.fail_at_chance=false", "tracking.log_model=false"])
+    tags, metrics = run.data.tags, run.data.metrics
+    assert tags["kdexp.teacher0.source"] == "imported" and tags["kdexp.teacher1.source"] == "trained"
+    assert tags["kdexp.teacher0.checkpoint"] == f"{tmp_path}/t.pt"
+    assert "teacher0/loss" not in metrics and "teacher1/loss" in metrics
