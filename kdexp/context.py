@@ -16,12 +16,13 @@ from torch import nn
 from kdexp import data as data_mod
 from kdexp import models as models_mod
 from kdexp import store as store_mod
+from kdexp import teacher_import
 from kdexp.checkpoint import Checkpoints
 from kdexp.console import PhaseProgress, console
 from kdexp.identity import stable_section
 from kdexp.losses import labels_only
 from kdexp.store import ModelStore
-from kdexp.train import Diverged, History, Loop, Phase, autocast
+from kdexp.train import Diverged, History, Loop, Phase, autocast, evaluate
 
 # A teacher whose test accuracy ends at most this multiple of chance (100 / classes %) learned
 # nothing: distilling from it would be no result.
@@ -149,24 +150,75 @@ class Context:
             history = self.train(phase)
             return model.state_dict(), _without_prefix(history.metrics, role)
 
+        return self._served(role, model, key, label, train)
+
+    def _served(self, role: str, model: nn.Module, key: tuple[str, dict], label: str,
+                produce: Callable[[], tuple[dict, dict]], tags: dict | None = None, made: str = "trained") -> History:
+        """`model` from the store under `key`, or made by `produce()` (training it, importing it)
+        and stored; its curves logged as this run's when they were not logged while training."""
         digest, payload = key
-        source, store_run, generic = self.store.get_or_train(digest, payload, label, model.load_state_dict, train)
+        source, store_run, generic = self.store.get_or_train(digest, payload, label, model.load_state_dict,
+                                                             produce, tags, made)
         self.store_keys[role] = digest
         self.run.tags({f"kdexp.{role}.source": source, f"kdexp.{role}.lineage": store_run})
+        if source == "trained":  # the loop logged every epoch
+            return self.histories[role]
+        history = self._logged(role, generic)
         if source == "store":
-            history = History(_with_prefix(generic, role))
-            for epoch in range(1, len(history.metrics.get(f"{role}/loss", [])) + 1):
-                self.run.metrics({k: v[epoch - 1] for k, v in history.metrics.items()}, step=epoch)
-            self.histories[role] = history
             console.print(f"[bold]{role}[/bold]: loaded from the model store (run {store_run}, key {digest[:8]})")
-            return history
-        return self.histories[role]
+        return history
+
+    def _logged(self, role: str, generic: dict[str, list[float]]) -> History:
+        """Log store-independent curves (`_without_prefix`) as this run's `role`, epoch by epoch."""
+        history = History(_with_prefix(generic, role))
+        for epoch in range(1, len(next(iter(history.metrics.values()), [])) + 1):
+            self.run.metrics({k: v[epoch - 1] for k, v in history.metrics.items()}, step=epoch)
+        self.histories[role] = history
+        return history
+
+    def imported(self, model_cfg, role: str) -> tuple[nn.Module, History]:
+        """A teacher whose weights come from `model_cfg.checkpoint` (kdexp/teacher_import.py), not
+        trained: its accuracies are measured once and logged as a one-epoch teacher's, and the
+        import is a store entry keyed by the weights' identity, so a sweep imports it once and
+        its students share its cached logits as they share a trained teacher's."""
+        # multi_teacher's teachers are roles teacher0, teacher1, ... of loss.teachers[0], [1], ...
+        index = role.removeprefix("teacher")
+        config_key = f"loss.teachers[{index}].checkpoint" if index else "teacher.checkpoint"
+        ref = str(model_cfg.checkpoint)
+        model = self.build(model_cfg, role)
+        source = teacher_import.source_of(ref, config_key)
+
+        def produce() -> tuple[dict, dict]:
+            teacher_import.import_weights(model, model_cfg, config_key)
+            console.print(f"[bold]{role}[/bold]: imported from {ref}, not trained", highlight=False)
+            metrics = {}
+            for split_name in ("test", "val"):
+                split = getattr(self.dataset, split_name)
+                if split is not None:
+                    accs = evaluate(lambda x: {role: model(x)}, {role: model}, split,
+                                    self.cfg.data.eval_batch_size, self.cfg.trainer.precision)
+                    metrics[f"{role}/{split_name}_acc"] = [accs[role]]
+            return model.state_dict(), _without_prefix(metrics, role)
+
+        self.run.tags({f"kdexp.{role}.checkpoint": ref})
+        if self.store is None:
+            history = self._logged(role, produce()[1])
+        else:
+            key = store_mod.imported_key_for(stable_section("model", model_cfg), self.cfg.data, source,
+                                             self.cfg.trainer.precision)
+            tags = {"kdexp.imported_from": ref, **{f"kdexp.imported.{k}": str(v) for k, v in source.items()}}
+            label = f"{role} {models_mod.describe(model_cfg)} imported"
+            history = self._served(role, model, key, label, produce, tags, made="imported")
+        return model, history
 
     def teacher(self, model_cfg, role: str = "teacher") -> tuple[nn.Module, History]:
-        """A teacher trained on labels, returned frozen (eval mode, no gradients)."""
+        """A teacher trained on labels (or imported: `checkpoint`), returned frozen (eval mode, no gradients)."""
         t = self.cfg.trainer
-        model, history = self.supervised(model_cfg, role, role, t.teacher_epochs,
-                                         bool(self.cfg.data.augment or t.teacher_augment))
+        if model_cfg.get("checkpoint"):
+            model, history = self.imported(model_cfg, role)
+        else:
+            model, history = self.supervised(model_cfg, role, role, t.teacher_epochs,
+                                             bool(self.cfg.data.augment or t.teacher_augment))
         self._refuse_chance_level(history, role)
         model.eval().requires_grad_(False)
         return model, history

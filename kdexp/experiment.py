@@ -22,6 +22,7 @@ from kdexp.devices import available_devices, describe_device, resolve_device  # 
 from kdexp.fit import check_models_fit as _check_models_fit, check_terms_fit
 from kdexp.naming import default_run_name, run_params, run_tags
 from kdexp.store import ModelStore
+from kdexp.teacher_import import check_checkpoints
 
 
 def check_models_fit(cfg, dataset) -> None:
@@ -60,7 +61,8 @@ def _run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None, parent_r
     check_models_fit(cfg, dataset)
     dataset = dataset.to(device)
     tracking.prepare(cfg.tracking.uri, cfg.tracking.experiment)
-    key = run_key(cfg, device.type)
+    imported = check_checkpoints(cfg, dataset.input_shape, dataset.num_classes)  # a runs:/ URI needs the store
+    key = run_key(cfg, device.type, imported)
     with run_lock(cfg.trainer.checkpoint_dir, key):
         previous = tracking.find_run(cfg.tracking.experiment, key) if cfg.trainer.rerun == "skip" else None
         if previous is not None and previous.status == "FINISHED":

@@ -36,7 +36,8 @@ ADDED: dict[str, Any] = {
 }
 # Keys added to the sections a store entry's key hashes (a model config, `data`, `optim`), by path
 # inside the section. They count for the run key too (under teacher/student, data, optim).
-ADDED_IN_SECTIONS: dict[str, dict[str, Any]] = {"model": {}, "data": {}, "optim": {}}
+# issue 16: `checkpoint` (an imported teacher); null is a model trained by kdexp, as before.
+ADDED_IN_SECTIONS: dict[str, dict[str, Any]] = {"model": {"checkpoint": None}, "data": {}, "optim": {}}
 
 
 def _run_table() -> dict[str, Any]:
@@ -73,11 +74,15 @@ def digest(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def run_key(cfg, device: str | None = None) -> str:
+def run_key(cfg, device: str | None = None, imported: dict | None = None) -> str:
     """Hash of the resolved config without the settings in `NOT_IDENTITY` and the added keys at
     their "as before" value. `device` is what `trainer.device` resolved to here, so that `auto`
-    and the device it picks are one run."""
+    and the device it picks are one run. `imported`: the identity of each imported teacher's
+    weights (`teacher_import.check_checkpoints`), so a checkpoint file rewritten in place makes
+    another run; none leaves the key what it was."""
     plain = OmegaConf.to_container(cfg, resolve=True)
+    if imported:
+        plain["imported"] = imported
     if device is not None:
         plain["trainer"]["device"] = device
     for section, keys in NOT_IDENTITY.items():
@@ -86,7 +91,17 @@ def run_key(cfg, device: str | None = None) -> str:
         else:
             for key in keys:
                 plain.get(section, {}).pop(key, None)
+    _drop_added_in_model_lists(plain)
     return digest(drop_added(plain, _run_table()))
+
+
+def _drop_added_in_model_lists(plain: dict) -> None:
+    """The model configs of a family's lists (`loss.teachers`, `loss.peers`) drop the model keys
+    added later at their "as before" value, as `teacher` and `student` do."""
+    for key, value in plain.get("loss", {}).items():
+        if isinstance(value, list):
+            plain["loss"][key] = [drop_added(entry, ADDED_IN_SECTIONS["model"])
+                                  if isinstance(entry, dict) and "name" in entry else entry for entry in value]
 
 
 def stable_section(kind: str, section_cfg) -> Any:

@@ -17,6 +17,9 @@ class MLPConfig:
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [128])
     dropout: float = 0.0
+    # A trained model to import instead of training one (teachers only): a .pt/.pth state-dict
+    # file or an MLflow model URI (runs:/..., models:/...); kdexp/teacher_import.py.
+    checkpoint: Optional[str] = None
 
 
 @dataclass
@@ -26,6 +29,9 @@ class CNNConfig:
     fc: int = 128
     dropout: float = 0.3
     batch_norm: bool = True
+    # A trained model to import instead of training one (teachers only): a .pt/.pth state-dict
+    # file or an MLflow model URI (runs:/..., models:/...); kdexp/teacher_import.py.
+    checkpoint: Optional[str] = None
 
 
 @dataclass
@@ -36,6 +42,9 @@ class ResNetConfig:
     depth: int = 20
     widths: list[int] = field(default_factory=lambda: [16, 16, 32, 64])
     dropout: float = 0.0
+    # A trained model to import instead of training one (teachers only): a .pt/.pth state-dict
+    # file or an MLflow model URI (runs:/..., models:/...); kdexp/teacher_import.py.
+    checkpoint: Optional[str] = None
 
 
 @dataclass
@@ -46,6 +55,9 @@ class TorchvisionConfig:
     arch: str = "resnet18"
     # ImageNet weights from torchvision (fetched once into the torch hub cache; needs internet).
     pretrained: bool = False
+    # A trained model to import instead of training one (teachers only): a .pt/.pth state-dict
+    # file or an MLflow model URI (runs:/..., models:/...); kdexp/teacher_import.py.
+    checkpoint: Optional[str] = None
 
 
 MODEL_SCHEMAS: dict[str, type] = {"mlp": MLPConfig, "cnn": CNNConfig, "resnet": ResNetConfig,

@@ -89,3 +89,24 @@ def describe(cfg) -> str:
     if widths == WIDE:
         return f"resnet{cfg.depth}x4"
     return f"resnet{cfg.depth}[{','.join(str(w) for w in widths)}]"
+
+
+def from_benchmark_layout(state: dict, model: StagedNet) -> dict | None:
+    """`state` renamed from the module layout of the CIFAR-100 KD benchmark code (`conv1`, `bn1`,
+    `layer1.0.conv1`, `layer1.0.downsample.0`, ..., `fc`), in which its published teachers are
+    saved, to this module's (`stem.0`, `stem.1`, `stages.0.0.conv1`, `stages.0.0.shortcut.0`, ...,
+    the head's linear layer); None when `state` is not in that layout."""
+    if "conv1.weight" not in state or "fc.weight" not in state:
+        return None
+    linear = next(name for name, m in model.head.named_children() if isinstance(m, nn.Linear))
+    top = {"conv1": "stem.0", "bn1": "stem.1", "fc": f"head.{linear}"}
+    out = {}
+    for key, value in state.items():
+        first, _, rest = key.partition(".")
+        if first in top:
+            out[f"{top[first]}.{rest}"] = value
+        elif first.startswith("layer") and first[5:].isdigit():
+            out[f"stages.{int(first[5:]) - 1}.{rest.replace('.downsample.', '.shortcut.')}"] = value
+        else:
+            out[key] = value  # left as it is: the key check names it as unexpected
+    return out

@@ -55,6 +55,21 @@ def key_for(model_cfg, data_cfg, optim_cfg, epochs: int, augment: bool, seed: in
     return digest[:24], payload
 
 
+def imported_key_for(model_cfg, data_cfg, source: dict, precision: str = "32") -> tuple[str, dict]:
+    """(hex key, payload) of a model imported rather than trained (`teacher.checkpoint`): the
+    weights' identity (`teacher_import.source_of`: a file's sha256, a model URI and version) and
+    the model config without the path, so a moved file is the same entry; the data config (its
+    test accuracy and its cached logits are measured on that data) and the precision as for a
+    trained model."""
+    model = {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items() if k != "checkpoint"}
+    data = {k: v for k, v in OmegaConf.to_container(data_cfg, resolve=True).items() if k not in _DATA_KEYS_IGNORED}
+    payload = {"model": model, "data": data, "imported": dict(source), "routine": ROUTINE_VERSION}
+    if str(precision) != "32":
+        payload["precision"] = str(precision)
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return digest[:24], payload
+
+
 def logits_key_for(model_key: str, precision: str = "32") -> tuple[str, dict]:
     """(hex key, payload) of the training-split logits of the stored model `model_key`. They depend
     on that model and on the training split, and the data config that fixes the split is already
@@ -85,9 +100,11 @@ class ModelStore:
 
     def get_or_train(self, key: str, payload: dict, label: str,
                      load_into: Callable[[dict], None],
-                     train: Callable[[], tuple[dict, dict]]) -> tuple[str, str, dict]:
+                     train: Callable[[], tuple[dict, dict]], tags: dict | None = None,
+                     made: str = "trained") -> tuple[str, str, dict]:
         """Returns (source, store run id, history). `train()` returns (state_dict, history);
-        `load_into(state_dict)` loads a stored one. source is 'store' on a hit, 'trained' otherwise."""
+        `load_into(state_dict)` loads a stored one. source is 'store' on a hit, `made` otherwise
+        ('imported' for a checkpoint); `tags` go on a new entry (where an import came from)."""
         from kdexp import tracking
         from kdexp.console import console
 
@@ -103,5 +120,5 @@ class ModelStore:
                     load_into(state)
                     return "store", run_id, history
             state, history = train()
-            run_id = tracking.save_stored(self.experiment, key, payload, label, state, history)
-            return "trained", run_id, history
+            run_id = tracking.save_stored(self.experiment, key, payload, label, state, history, tags)
+            return made, run_id, history

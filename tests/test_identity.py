@@ -58,7 +58,7 @@ def test_any_key_added_later_at_its_default_keeps_every_identity(monkeypatch):
     before_store = supervised_key(cfg, cfg.teacher, "teacher", 15, True)[0]
     monkeypatch.setitem(identity.ADDED, "trainer.new_knob", 0)
     monkeypatch.setitem(identity.ADDED, "brand_new.section.flag", False)
-    monkeypatch.setitem(identity.ADDED_IN_SECTIONS, "model", {"new_width": None})
+    monkeypatch.setitem(identity.ADDED_IN_SECTIONS, "model", {**identity.ADDED_IN_SECTIONS["model"], "new_width": None})
     grown = OmegaConf.to_container(cfg)
     grown["trainer"]["new_knob"] = 0
     grown["brand_new"] = {"section": {"flag": False}}

@@ -53,9 +53,17 @@ class Method:
         """The model config the terms distil from (for the fit checks of their layers)."""
         return cfg.teacher
 
+    # Whether the family distils from `cfg.teacher` (so that `teacher.checkpoint` means something).
+    uses_teacher: ClassVar[bool] = False
+
     @classmethod
     def check(cls, cfg) -> None:
         """Cross-field checks on the whole typed config (ConfigError, one line)."""
+        if cfg.teacher.get("checkpoint") and not cls.uses_teacher:
+            users = ", ".join(f"loss={n}" for n, c in FAMILIES.items() if c.uses_teacher)
+            require(False, "teacher.checkpoint", cfg.teacher.checkpoint,
+                    f"loss={cls.name} has no `teacher` to import; allowed: null, or {users} "
+                    f"(loss=multi_teacher: loss.teachers=[{{name: ..., checkpoint: ...}}])")
         if not cls.composes(cfg) and not is_plain(cfg):
             key = "hint" if is_plain_kd(cfg) else "kd"
             composing = ", ".join(f"loss={n}" for n, c in FAMILIES.items() if c.composes_terms)

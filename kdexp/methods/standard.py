@@ -25,6 +25,7 @@ class Standard(Method):
     name = "standard"
     schema = StandardLossConfig
     composes_terms = True
+    uses_teacher = True
 
     def run(self) -> Outcome:
         ctx, cfg = self.ctx, self.ctx.cfg

@@ -91,7 +91,8 @@ def _log_curves(mlflow_client, run_id: str, history: dict) -> None:
         mlflow_client.log_batch(run_id, metrics=points[start:start + 1000])
 
 
-def save_stored(experiment: str, key: str, payload: dict, label: str, state: dict, history: dict) -> str:
+def save_stored(experiment: str, key: str, payload: dict, label: str, state: dict, history: dict,
+                tags: dict | None = None) -> str:
     """Record a trained model as a FINISHED run of the store experiment, with its training curves
     and a link to the run that trained it; returns its run id."""
     import torch
@@ -100,7 +101,7 @@ def save_stored(experiment: str, key: str, payload: dict, label: str, state: dic
     exp_id = experiment_id(mlflow_client, experiment)
     run = mlflow_client.create_run(exp_id, run_name=f"{label} {key[:8]}",
                                    tags={"kdexp.store_key": key, "kdexp.role": "store", "kdexp.label": label,
-                                         **_trained_by()})
+                                         **_trained_by(), **(tags or {})})
     try:
         _log_curves(mlflow_client, run.info.run_id, history)
         for name, value in flatten(payload).items():
