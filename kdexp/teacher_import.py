@@ -133,8 +133,8 @@ def check_checkpoints(cfg, input_shape: tuple[int, ...], num_classes: int) -> di
     """Before anything trains: every checkpoint named is readable and fits its model; students
     and peers take none (they are trained by the run). Returns each one's identity (`source_of`)
     by config key, for the run key: new weights under the same path are another run."""
-    for where in ("student",) + tuple(f"loss.peers[{i}]" for i in range(len(cfg.loss.get("peers") or []))):
-        model_cfg = cfg.student if where == "student" else cfg.loss.peers[int(where[10:-1])]
+    trained = [("student", cfg.student)] + [(f"loss.peers[{i}]", p) for i, p in enumerate(cfg.loss.get("peers") or [])]
+    for where, model_cfg in trained:
         if model_cfg.get("checkpoint"):
             raise ConfigError(f"{where}.checkpoint={model_cfg.checkpoint}: only teachers are imported "
                               f"(teacher.checkpoint, loss.teachers[i].checkpoint); allowed: null")

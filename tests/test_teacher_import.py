@@ -99,6 +99,12 @@ def test_bad_checkpoints_are_one_line_refusals(tmp_path):
     assert "does not fit cnn" in other and "missing keys: head." in other and "unexpected keys: w" in other
     assert "cannot load that MLflow model" in _refusal(tmp_path, ["teacher.checkpoint=runs:/0123456789abcdef/student"])
     assert "only teachers are imported" in _refusal(tmp_path, [f"student.checkpoint={tmp_path}/other.pt"])
+    peer = _refusal(tmp_path, ["loss=online", f"loss.peers=[mlp,{{name: mlp, checkpoint: {tmp_path}/other.pt}}]"])
+    assert peer.startswith("loss.peers[1].checkpoint=") and "only teachers are imported" in peer
+
+
+def test_online_peers_without_checkpoints_pass_the_checkpoint_check():
+    assert check_checkpoints(compose_cfg(["loss=online"]), (1, 28, 28), 10) == {}
 
 
 def test_a_state_dict_wrapped_under_state_dict_and_saved_from_data_parallel_loads(tmp_path):
