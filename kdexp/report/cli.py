@@ -13,7 +13,7 @@ from rich.table import Table
 from kdexp.report.figures import ACC_PNG, GAIN_PNG, write_plots
 from kdexp.report.files import CSV_NAME, MD_NAME, write_csv, write_markdown
 from kdexp.report.paired import (COMPARISONS_CSV, COMPARISONS_MD, GAIN_CI_PNG, GROUPS_CSV, GROUPS_MD, METRICS, Paired,
-                                 best_group, best_group_metrics, build_paired, protocol,
+                                 best_group_summary, build_paired, protocol,
                                  write_paired)
 from kdexp.report.table import FINISHED, Report, ReportError, build, headers, rows, title
 
@@ -128,8 +128,7 @@ def make_report(tracking_uri: str | None = None, experiment: str = "kdexp", pare
     if log:
         where = tracking.log_report_artifacts(tracking_uri, parent.run_id, files, ARTIFACT_PATH)
         if paired is not None:
-            tracking.log_report_summary(tracking_uri, parent.run_id, best_group_metrics(paired),
-                                        {"kdexp.best_group": best_group(paired), "kdexp.report_metric": metric})
+            tracking.log_report_summary(tracking_uri, parent.run_id, *best_group_summary(paired))
         if show_table:
             console.print(f"logged to the parent run {parent.run_id} under {ARTIFACT_PATH}/ ({where})",
                           soft_wrap=True)

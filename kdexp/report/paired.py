@@ -163,16 +163,14 @@ def write_paired(paired: Paired, folder: Path) -> list[Path]:
     return files
 
 
-def best_group_metrics(paired: Paired) -> dict[str, float]:
-    """The parent run's summary: the group with the highest mean of the compared figure."""
+def best_group_summary(paired: Paired) -> tuple[dict[str, float], dict[str, str]]:
+    """The parent run's summary (metrics, tags): the group with the highest mean of the compared
+    figure, its KD gain and interval."""
     best = max(paired.groups, key=lambda g: g.student_mean)
-    out = {f"best_group_{paired.metric}_mean": best.student_mean, "best_group_n": float(best.n)}
+    metrics = {f"best_group_{paired.metric}_mean": best.student_mean, "best_group_n": float(best.n)}
     if best.gain_mean is not None:
-        out["best_group_kd_gain_mean"] = best.gain_mean
+        metrics["best_group_kd_gain_mean"] = best.gain_mean
     if best.gain_ci is not None:
-        out["best_group_kd_gain_ci_low"], out["best_group_kd_gain_ci_high"] = best.gain_ci
-    return {k: round(v, 4) for k, v in out.items()}
-
-
-def best_group(paired: Paired) -> str:
-    return max(paired.groups, key=lambda g: g.student_mean).group
+        metrics["best_group_kd_gain_ci_low"], metrics["best_group_kd_gain_ci_high"] = best.gain_ci
+    tags = {"kdexp.best_group": best.group, "kdexp.report_metric": paired.metric}
+    return {k: round(v, 4) for k, v in metrics.items()}, tags
