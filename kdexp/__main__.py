@@ -1,3 +1,5 @@
-from kdexp.cli import main
+import sys
 
-main()
+from kdexp.entry import kdexp
+
+sys.exit(kdexp())

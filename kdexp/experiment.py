@@ -38,14 +38,18 @@ def run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None = None,
     The run's identity is its config (`identity.run_key`). With `trainer.rerun=skip` (default) a
     FINISHED run of the same config is not repeated, and an interrupted one (RUNNING after a crash,
     FAILED, KILLED) is resumed in place from its checkpoints; `trainer.rerun=force` starts anew."""
+    # What exists before the run (imported modules: ~10^6 objects with torch and MLflow loaded)
+    # is left out of the collection below, which then costs milliseconds instead of ~0.4 s.
+    gc.freeze()
     try:
         return _run(cfg, overrides, hydra_dir, parent_run_id)
     finally:
         # A run's objects hold reference cycles (the context logs through its own bound method,
         # phases close over their models), which only the cyclic collector frees, and it counts
         # objects, not bytes. Without this, each job of an in-process sweep (Hydra's basic
-        # launcher, a joblib worker) kept the data set and models of the jobs before it.
+        # launcher, a joblib worker) kept the models of the jobs before it.
         gc.collect()
+        gc.unfreeze()  # older objects that became garbage meanwhile are collected as usual
 
 
 def _run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None, parent_run_id: str | None) -> float:

@@ -2,6 +2,6 @@
 
 import sys
 
-from kdexp.report.cli import main
+from kdexp.entry import report
 
-sys.exit(main())
+sys.exit(report())
