@@ -407,13 +407,13 @@ def target_rows(figures: dict) -> list[Row]:
     `second` and `startup` always; `reference` and `sweep` None when skipped (their rows n/a)."""
     floor, cold, second = figures["floor"], figures["cold"], figures["second"]
     ref, sweep, startup = figures.get("reference"), figures.get("sweep"), figures["startup"]
-    rows = [_ratio_row("cold run / floor", f"{cold['wall_s']:.1f} s / {floor['wall_s']:.1f} s",
+    rows = [_ratio_row("cold run / floor", f"{cold['wall_s']:.2f} s / {floor['wall_s']:.2f} s",
                        ratio(cold["wall_s"], floor["wall_s"]), TARGET_COLD)]
 
     without_teacher = floor["wall_s"] - floor["teacher_s"]
     rows.append(_ratio_row("second run / (floor - teacher phase)",
-                           f"{second['wall_s']:.1f} s / ({floor['wall_s']:.1f} - {floor['teacher_s']:.1f} "
-                           f"= {without_teacher:.1f} s)", ratio(second["wall_s"], without_teacher), TARGET_SECOND))
+                           f"{second['wall_s']:.2f} s / ({floor['wall_s']:.2f} - {floor['teacher_s']:.2f} "
+                           f"= {without_teacher:.2f} s)", ratio(second["wall_s"], without_teacher), TARGET_SECOND))
 
     name = f"3x3 sweep / (floor + {STUDENT_PHASES_AFTER_THE_FIRST} x student phase)"
     if sweep is None:
@@ -421,8 +421,8 @@ def target_rows(figures: dict) -> list[Row]:
     else:
         sweep_floor = floor["wall_s"] + STUDENT_PHASES_AFTER_THE_FIRST * floor["student_s"]
         all_done = sweep["finished"] == SWEEP_JOBS  # a sweep that lost jobs fails whatever its time
-        rows.append(_ratio_row(name, f"{sweep['wall_s']:.1f} s / ({floor['wall_s']:.1f} + "
-                               f"{STUDENT_PHASES_AFTER_THE_FIRST} x {floor['student_s']:.1f} = {sweep_floor:.1f} s), "
+        rows.append(_ratio_row(name, f"{sweep['wall_s']:.2f} s / ({floor['wall_s']:.2f} + "
+                               f"{STUDENT_PHASES_AFTER_THE_FIRST} x {floor['student_s']:.2f} = {sweep_floor:.2f} s), "
                                f"{sweep['finished']}/{SWEEP_JOBS} jobs finished, teacher trained {sweep['trained']}x",
                                ratio(sweep["wall_s"], sweep_floor), TARGET_SWEEP, all_done))
 
@@ -452,9 +452,9 @@ def info_rows(figures: dict) -> list[Row]:
     return [
         Row("article's script (accuracy reference)", "skipped (--skip-reference)" if ref is None else
             f"wall {ref['wall_s']:.1f} s on the CPU, student {ref['student_acc']:.2f} %"),
-        Row("floor's phases", f"import {floor['import_s']:.1f} + load {floor['load_s']:.1f} + teacher "
-            f"{floor['teacher_s']:.1f} + student {floor['student_s']:.1f} + eval {floor.get('eval_s', 0.0):.1f} s; "
-            f"wall {floor['wall_s']:.1f} s, student {floor['student_acc']:.2f} %"),
+        Row("floor's phases", f"import {floor['import_s']:.2f} + load {floor['load_s']:.2f} + teacher "
+            f"{floor['teacher_s']:.2f} + student {floor['student_s']:.2f} + eval {floor.get('eval_s', 0.0):.2f} s; "
+            f"wall {floor['wall_s']:.2f} s, student {floor['student_acc']:.2f} %"),
         Row("kdexp inside its MLflow runs", f"cold {_seconds(cold.get('in_run_s'))} of {cold['wall_s']:.1f} s, "
             f"second {_seconds(second.get('in_run_s'))} of {second['wall_s']:.1f} s"),
     ]
@@ -462,7 +462,7 @@ def info_rows(figures: dict) -> list[Row]:
 
 def format_rows(rows: list[Row]) -> list[str]:
     """The rows as aligned text, then one line naming every target not met."""
-    lines = [f"{'':4}  {'figure':<42} {'ratio':>10}  {'limit':<13} measured", "-" * 110]
+    lines = [f"{'':4}  {'target':<42} {'ratio':>10}  {'limit':<13} measured", "-" * 110]
     for row in rows:
         lines.append(f"{row.verdict:<4}  {row.name:<42} {row.figure:>10}  {row.limit:<13} {row.measured}")
     failed = [row.name for row in rows if row.ok is False]

@@ -96,8 +96,8 @@ def test_the_ratios_are_taken_against_the_floor_as_issue_14_defines_them():
     assert rows[TARGET_NAMES[2]].figure == "1.400"            # 84 / (20 + 8 x 5)
     assert rows[TARGET_NAMES[4]].figure == "1.500"            # 1500 / 1000 MB: at the limit
     assert rows[TARGET_NAMES[4]].verdict == "PASS"
-    assert "(20.0 - 10.0 = 10.0 s)" in rows[TARGET_NAMES[1]].measured
-    assert "(20.0 + 8 x 5.0 = 60.0 s)" in rows[TARGET_NAMES[2]].measured
+    assert "(20.00 - 10.00 = 10.00 s)" in rows[TARGET_NAMES[1]].measured
+    assert "(20.00 + 8 x 5.00 = 60.00 s)" in rows[TARGET_NAMES[2]].measured
     assert rows[TARGET_NAMES[5]].figure == "+0.50 pt"
     assert bench.ratio(1.0, 0.0) is None  # a floor with no time left is no yardstick
 
@@ -119,7 +119,7 @@ def test_informational_rows_carry_no_verdict():
     info = bench.info_rows(_figures())
     assert [row.verdict for row in info] == ["", "", ""]
     assert "wall 110.0 s" in info[0].measured
-    assert "import 2.0 + load 1.0 + teacher 10.0 + student 5.0" in info[1].measured
+    assert "import 2.00 + load 1.00 + teacher 10.00 + student 5.00" in info[1].measured
     assert "cold 18.0 s of 22.0 s" in info[2].measured and "second 8.0 s of 11.0 s" in info[2].measured
     assert bench.format_rows(info)[-1] == "all measured targets met"  # nothing to fail
 
