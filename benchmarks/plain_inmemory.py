@@ -7,11 +7,18 @@ teacher's logits computed once instead of on every student step, no per-step `.i
 tracking, no config, no checkpoints, no model export: what remains is the training itself, so
 kdexp cannot be faster than this on the same machine.
 
-    python benchmarks/plain_inmemory.py --root DIR [--epochs 5] [--teacher-epochs 5] [--result out.json]
+`--device cuda` moves the tensors and models to the GPU, as `trainer.device=cuda` does in kdexp
+(the shuffled order is still drawn on the CPU generator, as kdexp draws it, then moved), and
+synchronises the GPU before reading each phase's clock. A device this machine lacks is refused in
+one line, exit code 2, before any work.
+
+    python benchmarks/plain_inmemory.py --root DIR [--epochs 5] [--teacher-epochs 5] [--device cpu|cuda]
+                                        [--result out.json]
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 _STARTED = time.perf_counter()
@@ -20,16 +27,40 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torchvision import datasets  # noqa: E402
 
-from reference_article import StudentModel, TeacherModel, distillation_loss, parse_args, report  # noqa: E402
+from reference_article import StudentModel, TeacherModel, argument_parser, distillation_loss, report  # noqa: E402
 
 MEAN, STD = 0.1307, 0.3081  # the article's Normalize
 
 
-def in_memory(root: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole split as normalised float images (N, 1, 28, 28) and labels, read once."""
+def parse_args():
+    parser = argument_parser(__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the tensors and models live")
+    return parser.parse_args()
+
+
+def device_or_exit(name: str) -> torch.device:
+    """`--device` → a torch device; one this machine lacks stops here in one line, exit code 2
+    (as kdexp refuses `trainer.device=cuda` without CUDA)."""
+    here = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if name not in here:
+        print(f"plain_inmemory.py: error: --device {name} is not available on this machine; "
+              f"available here: {', '.join(here)}", file=sys.stderr)
+        raise SystemExit(2)
+    return torch.device(name)
+
+
+def clock(device: torch.device) -> float:
+    """perf_counter() once the device has finished its queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def in_memory(root: str, train: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole split as normalised float images (N, 1, 28, 28) and labels on `device`, read once."""
     split = datasets.MNIST(root=root, train=train, download=False)
     x = split.data.unsqueeze(1).float().div_(255).sub_(MEAN).div_(STD)
-    return x, split.targets
+    return x.to(device), split.targets.to(device)
 
 
 def fit(model, x, y, epochs: int, generator: torch.Generator, loss_fn) -> list[float]:
@@ -38,8 +69,8 @@ def fit(model, x, y, epochs: int, generator: torch.Generator, loss_fn) -> list[f
     model.train()
     means = []
     for _ in range(epochs):
-        order = torch.randperm(len(y), generator=generator)
-        total = torch.zeros(())
+        order = torch.randperm(len(y), generator=generator).to(x.device)  # a no-op on the CPU
+        total = torch.zeros((), device=x.device)
         for start in range(0, len(y), 64):
             idx = order[start:start + 64]
             loss = loss_fn(model(x.index_select(0, idx)), y.index_select(0, idx), idx)
@@ -63,32 +94,33 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args()
+    device = device_or_exit(args.device)
     torch.manual_seed(args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)  # on the CPU, as kdexp's
     imported = time.perf_counter()
 
-    train_x, train_y = in_memory(args.root, train=True)
-    test_x, test_y = in_memory(args.root, train=False)
-    loaded = time.perf_counter()
+    train_x, train_y = in_memory(args.root, True, device)
+    test_x, test_y = in_memory(args.root, False, device)
+    loaded = clock(device)
 
-    teacher = TeacherModel()
+    teacher = TeacherModel().to(device)
     fit(teacher, train_x, train_y, args.teacher_epochs, generator,
         lambda logits, labels, idx: F.cross_entropy(logits, labels))
-    teacher_done = time.perf_counter()
+    teacher_done = clock(device)
 
     cached = logits_of(teacher, train_x)  # once: the student sees the same unaugmented images
-    student = StudentModel()
+    student = StudentModel().to(device)
     fit(student, train_x, train_y, args.epochs, generator,
         lambda logits, labels, idx: distillation_loss(logits, cached.index_select(0, idx), labels,
                                                       T=args.temperature, alpha=args.alpha))
-    student_done = time.perf_counter()
+    student_done = clock(device)
 
     teacher_acc, student_acc = accuracy(teacher, test_x, test_y), accuracy(student, test_x, test_y)
-    finished = time.perf_counter()
+    finished = clock(device)
     print(f"teacher {teacher_acc:.2f} %, student {student_acc:.2f} %")
     report(args, teacher_acc, student_acc, len(train_y), len(test_y),
-           [_STARTED, imported, loaded, teacher_done, student_done, finished])
+           [_STARTED, imported, loaded, teacher_done, student_done, finished], device=str(device))
 
 
 if __name__ == "__main__":

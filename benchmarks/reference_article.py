@@ -111,7 +111,12 @@ def evaluate(model, test_loader):
 
 
 def parse_args(description: str) -> argparse.Namespace:
-    """The arguments of this script and of `plain_inmemory.py`, which does the same work."""
+    """The arguments of this script."""
+    return argument_parser(description).parse_args()
+
+
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments shared with `plain_inmemory.py`, which does the same work (and adds --device)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--root", required=True, help="folder holding MNIST/raw/*-ubyte")
     parser.add_argument("--epochs", type=int, default=5, help="student epochs (article: 5)")
@@ -120,13 +125,14 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--result", help="write timings and accuracies here as JSON")
-    return parser.parse_args()
+    return parser
 
 
 def report(args: argparse.Namespace, teacher_acc: float, student_acc: float, train_images: int,
-           test_images: int, marks: list[float]) -> None:
+           test_images: int, marks: list[float], device: str = "cpu") -> None:
     """Print the result as JSON and write it to `--result`. `marks`: perf_counter() at the start,
-    after the imports, the data, the teacher, the student and the evaluation."""
+    after the imports, the data, the teacher, the student and the evaluation; `device`: where the
+    training ran (this script always on the CPU)."""
     started, imported, loaded, teacher_done, student_done, finished = marks
     result = {
         "teacher_acc": teacher_acc,
@@ -135,6 +141,7 @@ def report(args: argparse.Namespace, teacher_acc: float, student_acc: float, tra
         "test_images": test_images,
         "epochs": args.epochs,
         "teacher_epochs": args.teacher_epochs,
+        "device": device,
         "torch_threads": torch.get_num_threads(),
         "import_s": imported - started,
         "load_s": loaded - imported,
