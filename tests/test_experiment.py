@@ -88,23 +88,38 @@ def test_a_run_that_raises_ends_failed_with_the_error(store, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_finished_run_frees_its_data_and_models(store, monkeypatch):
+def test_the_next_run_frees_the_data_and_models_of_the_previous_one(store, monkeypatch):
     """Jobs of an in-process sweep run one after another: the next job must not find the data set
-    (and the models) of the previous one still in memory. The cyclic collector is switched off, so
-    only the run's own cleanup can free them."""
+    (when it loads another one) and the models of the previous one still in memory. The cyclic
+    collector is switched off, so only kdexp's own cleanup can free them."""
     import gc
     import weakref
 
-    from kdexp import data
+    from kdexp import data, models
 
-    loaded = []
-    real_load = data.load
-    monkeypatch.setattr(data, "load", lambda cfg: loaded.append(real_load(cfg)) or loaded[-1])
+    loaded, built = [], []
+    real_load, real_build = data.load, models.build
+
+    def load(cfg):
+        dataset = real_load(cfg)
+        loaded.append(weakref.ref(dataset.train.x))
+        return dataset
+
+    def build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        built.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(data, "load", load)
+    monkeypatch.setattr(models, "build", build)
     gc.collect()
     gc.disable()
     try:
-        run_experiment(["tracking.log_model=false", "trainer.baseline=false"])
-        images = weakref.ref(loaded.pop().train.x)
-        assert images() is None
+        run_experiment(["tracking.log_model=false", "trainer.baseline=false", "data.limit_train=256"])
+        first_images, first_models = loaded[-1], list(built)
+        assert first_images() is not None  # the loaded data set stays for the next run with the same data
+        run_experiment(["tracking.log_model=false", "trainer.baseline=false", "data.limit_train=384"])
+        assert first_images() is None
+        assert first_models and all(m() is None for m in first_models)
     finally:
         gc.enable()

@@ -118,3 +118,21 @@ def test_two_identical_sweeps_at_once_in_one_folder(tmp_path):
     assert len(folders) == 2
     for folder in folders:
         assert folder.name in run_ids
+
+
+def test_an_in_process_sweep_reads_each_data_set_once(tmp_path, monkeypatch):
+    """Hydra's basic launcher runs the jobs in this process: jobs with equal data settings share
+    the loaded data set, and a job with other data settings gets its own."""
+    from kdexp import cli, data
+
+    reads = []
+    real_read = data._read
+    monkeypatch.setattr(data, "_read", lambda cfg: reads.append(cfg.limit_train) or real_read(cfg))
+    quiet = [o for o in QUIET if not o.startswith("data.limit_train=")]
+    monkeypatch.setattr(sys, "argv", ["kdexp", "-m", "data.limit_train=256,384", "loss.temperature=2,4",
+                                      "trainer.baseline=false", *quiet])
+    cli.main()
+    assert reads == [256, 384]  # the temperature varies fastest: two jobs per data set
+    parents, children = split(runs_of(tmp_path))
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    assert sorted(c.data.params["data.limit_train"] for c in children) == ["256", "256", "384", "384"]
