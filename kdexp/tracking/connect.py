@@ -114,6 +114,9 @@ def creation_lock(uri: str) -> Iterator[None]:
 
 _READY: set[str] = set()  # stores this process has opened (created, migrated) already
 
+# New local stores a child process is creating for this one (kdexp/tracking/create.py), by path.
+CREATING: dict[str, subprocess.Popen] = {}
+
 
 def open_store(uri: str) -> None:
     """Create and migrate the store behind `uri` once per process, under the creation lock."""
@@ -123,6 +126,10 @@ def open_store(uri: str) -> None:
     where = str(db.absolute()) if db is not None else uri  # a relative path is another file elsewhere
     if where in _READY:
         return
+    creator = CREATING.pop(where, None)
+    if creator is not None:
+        # Whatever its outcome, what follows opens the store, or creates it with the usual errors.
+        creator.wait()
     check_local_store(uri)
     with creation_lock(uri):
         fresh = db is not None and (not db.is_file() or db.stat().st_size == 0)
@@ -133,7 +140,7 @@ def open_store(uri: str) -> None:
                 for leftover in (db, Path(f"{db}-journal"), Path(f"{db}-wal"), Path(f"{db}-shm")):
                     leftover.unlink(missing_ok=True)
             raise
-    if fresh:  # run from another folder, kdexp would otherwise start a new store there silently
+    if fresh or creator is not None:  # run from another folder, kdexp would otherwise start a new store there silently
         print(f"kdexp: new MLflow store: {db.absolute()}", flush=True)
     _READY.add(where)
 
