@@ -124,7 +124,11 @@ def test_an_in_process_sweep_reads_each_data_set_once(tmp_path, monkeypatch):
     """Hydra's basic launcher runs the jobs in this process: jobs with equal data settings share
     the loaded data set, and a job with other data settings gets its own."""
     from kdexp import cli, data
+    from kdexp.tracking import connect, create
 
+    spawned = []  # whether each call started a child that creates the store (a fresh one: the first)
+    real_start = create.start
+    monkeypatch.setattr(create, "start", lambda uri, names: real_start(uri, names) or spawned.append(bool(connect.CREATING)))
     reads = []
     real_read = data._read
     monkeypatch.setattr(data, "_read", lambda cfg: reads.append(cfg.limit_train) or real_read(cfg))
@@ -133,6 +137,8 @@ def test_an_in_process_sweep_reads_each_data_set_once(tmp_path, monkeypatch):
                                       "trainer.baseline=false", *quiet])
     cli.main()
     assert reads == [256, 384]  # the temperature varies fastest: two jobs per data set
+    assert spawned == [True, False, False, False, False]  # the launcher's, then each job's (the store exists)
+    assert not connect.CREATING
     parents, children = split(runs_of(tmp_path))
     assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
     assert sorted(c.data.params["data.limit_train"] for c in children) == ["256", "256", "384", "384"]
