@@ -392,6 +392,21 @@ def ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator > 0 else None
 
 
+def median_round(results: list[dict]) -> dict:
+    """Of one step measured in several rounds, the round with the median wall time (the lower
+    middle one for an even count), its own figures kept together, plus every round's wall."""
+    ordered = sorted(results, key=lambda r: r["wall_s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["walls"] = [r["wall_s"] for r in results]
+    return chosen
+
+
+def _of(step: dict) -> str:
+    """' (median of 11.2, 11.9, 12.4 s)' for a step measured in several rounds, else ''."""
+    walls = step.get("walls") or []
+    return f" (median of {', '.join(f'{w:.1f}' for w in sorted(walls))} s)" if len(walls) > 1 else ""
+
+
 def _ratio_row(name: str, measured: str, value: float | None, limit: float, extra_ok: bool = True) -> Row:
     if value is None:
         return Row(name, measured, "n/a", f"<= {limit:g}", None)
@@ -407,12 +422,12 @@ def target_rows(figures: dict) -> list[Row]:
     `second` and `startup` always; `reference` and `sweep` None when skipped (their rows n/a)."""
     floor, cold, second = figures["floor"], figures["cold"], figures["second"]
     ref, sweep, startup = figures.get("reference"), figures.get("sweep"), figures["startup"]
-    rows = [_ratio_row("cold run / floor", f"{cold['wall_s']:.2f} s / {floor['wall_s']:.2f} s",
+    rows = [_ratio_row("cold run / floor", f"{cold['wall_s']:.2f} s{_of(cold)} / {floor['wall_s']:.2f} s{_of(floor)}",
                        ratio(cold["wall_s"], floor["wall_s"]), TARGET_COLD)]
 
     without_teacher = floor["wall_s"] - floor["teacher_s"]
     rows.append(_ratio_row("second run / (floor - teacher phase)",
-                           f"{second['wall_s']:.2f} s / ({floor['wall_s']:.2f} - {floor['teacher_s']:.2f} "
+                           f"{second['wall_s']:.2f} s{_of(second)} / ({floor['wall_s']:.2f} - {floor['teacher_s']:.2f} "
                            f"= {without_teacher:.2f} s)", ratio(second["wall_s"], without_teacher), TARGET_SECOND))
 
     name = f"3x3 sweep / (floor + {STUDENT_PHASES_AFTER_THE_FIRST} x student phase)"
@@ -421,7 +436,7 @@ def target_rows(figures: dict) -> list[Row]:
     else:
         sweep_floor = floor["wall_s"] + STUDENT_PHASES_AFTER_THE_FIRST * floor["student_s"]
         all_done = sweep["finished"] == SWEEP_JOBS  # a sweep that lost jobs fails whatever its time
-        rows.append(_ratio_row(name, f"{sweep['wall_s']:.2f} s / ({floor['wall_s']:.2f} + "
+        rows.append(_ratio_row(name, f"{sweep['wall_s']:.2f} s{_of(sweep)} / ({floor['wall_s']:.2f} + "
                                f"{STUDENT_PHASES_AFTER_THE_FIRST} x {floor['student_s']:.2f} = {sweep_floor:.2f} s), "
                                f"{sweep['finished']}/{SWEEP_JOBS} jobs finished, teacher trained {sweep['trained']}x",
                                ratio(sweep["wall_s"], sweep_floor), TARGET_SWEEP, all_done))
@@ -517,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-store", action="store_true",
                         help="create the MLflow stores untimed first (MLflow's one-time migrations); "
                              "default: a brand-new store, as a first-time user has")
+    parser.add_argument("--rounds", type=int,
+                        help="measure floor, cold run, second run and sweep this many times, interleaved, "
+                             "and judge each by its median round (default: 3; 1 with --quick)")
     parser.add_argument("--startup-repeats", type=int, default=3)
     parser.add_argument("--tmp", help="work in this folder (created) instead of a fresh temporary one")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, MLflow stores)")
@@ -536,11 +554,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data_root = step_data(tmp, n_train, n_test)
         figures = {"reference": None if args.skip_reference else step_reference(tmp, data_root, epochs, args.verbose)}
-        figures["floor"] = step_floor(tmp, data_root, epochs, device, args.verbose)
-        figures["cold"] = step_kdexp(tmp, data_root, epochs, device, extra, args.warm_store, args.verbose)
-        figures["second"] = step_second_run(tmp, data_root, epochs, device, extra, args.verbose)
-        figures["sweep"] = None if args.skip_sweep else step_sweep(tmp, data_root, epochs, device, extra,
-                                                                   args.warm_store, args.verbose)
+        rounds: dict[str, list[dict]] = {"floor": [], "cold": [], "second": [], "sweep": []}
+        for number in range(1, max(1, args.rounds or (1 if args.quick else 3)) + 1):
+            print(f"--- round {number}", flush=True)  # interleaved: a slow spell of the machine hits every step
+            rounds["floor"].append(step_floor(tmp, data_root, epochs, device, args.verbose))
+            rounds["cold"].append(step_kdexp(tmp, data_root, epochs, device, extra, args.warm_store, args.verbose))
+            rounds["second"].append(step_second_run(tmp, data_root, epochs, device, extra, args.verbose))
+            if not args.skip_sweep:
+                rounds["sweep"].append(step_sweep(tmp, data_root, epochs, device, extra, args.warm_store,
+                                                  args.verbose))
+        figures.update({step: median_round(results) if results else None for step, results in rounds.items()})
         figures["startup"] = step_startup(tmp, args.startup_repeats, device, args.verbose)
         setup = " ".join(extra + (["(MLflow stores created untimed: --warm-store)"] if args.warm_store else []))
         print("\n".join(summary(figures, args.quick, n_train, epochs, device, setup)))

@@ -102,6 +102,18 @@ def test_the_ratios_are_taken_against_the_floor_as_issue_14_defines_them():
     assert bench.ratio(1.0, 0.0) is None  # a floor with no time left is no yardstick
 
 
+def test_rounds_are_judged_by_the_median_round_with_its_own_figures():
+    bench = _bench()
+    rounds = [{"wall_s": 21.0, "teacher_s": 11.0}, {"wall_s": 19.0, "teacher_s": 9.0}, {"wall_s": 20.0, "teacher_s": 10.0}]
+    chosen = bench.median_round(rounds)
+    assert chosen["wall_s"] == 20.0 and chosen["teacher_s"] == 10.0 and chosen["walls"] == [21.0, 19.0, 20.0]
+    assert bench.median_round(rounds[:2])["wall_s"] == 19.0  # an even count: the lower middle
+    figures = _figures()
+    figures["cold"] = bench.median_round([dict(figures["cold"], wall_s=w) for w in (23.0, 22.0, 30.0)])
+    [cold] = [row for row in bench.target_rows(figures) if row.name == "cold run / floor"]
+    assert cold.figure == "1.150" and cold.ok and "median of 22.0, 23.0, 30.0 s" in cold.measured
+
+
 def test_skipped_steps_give_na_rows_not_failures():
     bench = _bench()
     rows = bench.target_rows(_figures(reference__=None, sweep__=None))
