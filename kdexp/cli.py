@@ -101,11 +101,9 @@ def check_group_choices(args: list[str]) -> None:
 def _task(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
-    from kdexp.store import ModelStore
-    from kdexp.tracking.create import start as start_creating_store
+    from kdexp.store import start_creating
 
-    # A new store is created beside the imports below (torch, ~1 s) instead of after them.
-    start_creating_store(cfg.tracking.get("uri"), [cfg.tracking.experiment, ModelStore(cfg.store, cfg.tracking).experiment])
+    start_creating(cfg)  # a new store is created beside the imports below (torch, ~1 s), not after them
     from kdexp import catalog, experiment  # noqa: F401  (catalog: families and terms register)
     from kdexp.config import validate
     from kdexp.train import NonFiniteLoss

@@ -122,3 +122,12 @@ class ModelStore:
             state, history = train()
             run_id = tracking.save_stored(self.experiment, key, payload, label, state, history, tags)
             return made, run_id, history
+
+
+def start_creating(cfg) -> None:
+    """Have a child process create the new local MLflow store of a composed config, with the
+    experiments of its runs and of its model store, while this process goes on starting
+    (kdexp/tracking/create.py; nothing happens for a store that exists or a server)."""
+    from kdexp.tracking.create import start
+
+    start(cfg.tracking.get("uri"), [cfg.tracking.experiment, ModelStore(cfg.store, cfg.tracking).experiment])

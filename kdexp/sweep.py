@@ -44,12 +44,9 @@ class MlflowSweep(Callback):
         self.parent_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from kdexp.store import ModelStore
-        from kdexp.tracking.create import start as start_creating_store
+        from kdexp.store import ModelStore, start_creating
 
-        # A new store is created beside the imports below (torch, ~1 s) instead of after them.
-        start_creating_store(config.tracking.get("uri"), [config.tracking.experiment,
-                                                          ModelStore(config.store, config.tracking).experiment])
+        start_creating(config)  # a new store is created beside the imports below (torch, ~1 s), not after them
         from kdexp import catalog, tracking  # noqa: F401  (catalog: families and terms register)
         from kdexp.config import ConfigError, flatten, validate
 

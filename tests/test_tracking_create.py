@@ -18,16 +18,26 @@ def experiments_in(db) -> dict[str, str]:
     return dict(rows)
 
 
-def test_the_child_creates_the_store_and_the_run_opens_it(tmp_path, capsys):
+def test_the_child_creates_the_store_when_the_run_needs_it(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     create.start(uri, ["kdexp", "kdexp-store"])
     child = connect.CREATING[str(tmp_path / "mlflow.db")]
-    assert child.wait(timeout=120) == 0
+    tracking.prepare(uri, "kdexp")
+    assert child.returncode == 0 and not connect.CREATING
+    # The model store's experiment exists too: only the child was asked for it.
     assert experiments_in(tmp_path / "mlflow.db") == {"Default": None, "kdexp": TRAINING_KIND,
                                                         "kdexp-store": TRAINING_KIND}
-    tracking.prepare(uri, "kdexp")
-    assert not connect.CREATING
     assert capsys.readouterr().out.count("kdexp: new MLflow store:") == 1  # still said once, by the run
+
+
+def test_a_command_that_stops_before_needing_the_store_leaves_none(tmp_path):
+    """A bad setting or missing data ends the command before `prepare`: the child is never told to
+    write, and ends when its input does (as when the command's process ends)."""
+    create.start(f"sqlite:///{tmp_path / 'mlflow.db'}", ["kdexp"])
+    child = connect.CREATING.pop(str(tmp_path / "mlflow.db"))
+    child.stdin.close()
+    assert child.wait(timeout=120) == 0
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_child_leaves_the_creation_to_the_run(tmp_path, monkeypatch, capsys):

@@ -114,22 +114,29 @@ def creation_lock(uri: str) -> Iterator[None]:
 
 _READY: set[str] = set()  # stores this process has opened (created, migrated) already
 
-# New local stores a child process is creating for this one (kdexp/tracking/create.py), by path.
+# New local stores a child process is creating for this one (kdexp/tracking/create.py), by path;
+# each child writes nothing until it reads GO_AHEAD.
 CREATING: dict[str, subprocess.Popen] = {}
+GO_AHEAD = b"create\n"
 
 
 def open_store(uri: str) -> None:
     """Create and migrate the store behind `uri` once per process, under the creation lock."""
-    import mlflow
-
     db = sqlite_path(uri)
     where = str(db.absolute()) if db is not None else uri  # a relative path is another file elsewhere
     if where in _READY:
         return
     creator = CREATING.pop(where, None)
+    if creator is not None:  # the run needs its store now: the child creates it while MLflow is imported here
+        try:
+            creator.stdin.write(GO_AHEAD)
+            creator.stdin.close()
+        except OSError:  # it has died: what follows creates the store
+            pass
+    import mlflow
+
     if creator is not None:
-        # Whatever its outcome, what follows opens the store, or creates it with the usual errors.
-        creator.wait()
+        creator.wait()  # whatever its outcome, what follows opens the store, or creates it with the usual errors
     check_local_store(uri)
     with creation_lock(uri):
         fresh = db is not None and (not db.is_file() or db.stat().st_size == 0)
@@ -173,11 +180,11 @@ def experiment_id(client, name: str) -> str:
 def prepare(uri: str | None, experiment: str) -> tuple[str, str]:
     """Create the store and the experiment (idempotent, safe from parallel processes); make them
     MLflow's current ones; returns (uri, experiment_id)."""
-    import mlflow
-
     uri = resolve_uri(uri)
     try:
-        open_store(uri)
+        open_store(uri)  # first: a child creating the store goes on while MLflow is imported
+        import mlflow
+
         mlflow.set_tracking_uri(uri)
         exp_id = experiment_id(mlflow.MlflowClient(), experiment)
         mlflow.set_experiment(experiment_id=exp_id)

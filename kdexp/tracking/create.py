@@ -3,9 +3,13 @@
 Creating a sqlite store means importing MLflow's database layer (~1.5 s) and running its schema
 migrations (~0.6 s), and a new store's first run used to wait for both before training. Its first
 seconds (importing torch, reading the data) run on one core and leave the other idle, so `start`
-hands the creation to a child process there; `connect.open_store` waits for it, and should it have
-failed, creates the store itself, with the usual one-line errors. The child takes the creation
-lock like any creator, so a second kdexp started in the same folder meanwhile waits for it.
+hands the creation to a child process there. The child imports MLflow at once but writes nothing
+until `connect.open_store` tells it to (`GO_AHEAD`), when the run needs its store: it then migrates
+the new database while the run imports MLflow itself, and a command refused in one line before
+that (a bad setting, missing data) leaves no store behind, the child reading the end of its input
+and stopping. `open_store` waits for the child and, should it have failed, creates the store
+itself, with the usual one-line errors. The child takes the creation lock like any creator, so a
+second kdexp started in the same folder meanwhile waits for it.
 
 Only while starting: on a 2-core machine any busy process beside PyTorch's threads slows training
 several times (they wait on each other), so nothing runs beside training itself.
@@ -16,24 +20,28 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from kdexp.tracking.connect import CREATING, experiment_id, open_store, resolve_uri, sqlite_path
+from kdexp.tracking.connect import CREATING, GO_AHEAD, experiment_id, open_store, resolve_uri, sqlite_path
 
 
 def start(uri: str | None, experiments: list[str]) -> None:
-    """Start creating the local sqlite store behind `uri` (and `experiments` in it) in a child
-    process, unless it exists already or is not a local sqlite file."""
+    """Start a child process that will create the local sqlite store behind `uri` (and
+    `experiments` in it) when `connect.open_store` needs it, unless the store exists already or is
+    not a local sqlite file."""
     uri = resolve_uri(uri)
     db = sqlite_path(uri)
     if db is None or db.exists() or str(db.absolute()) in CREATING:
         return
     CREATING[str(db.absolute())] = subprocess.Popen(
         [sys.executable, "-m", "kdexp.tracking.create", uri, *experiments],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main(uri: str, experiments: list[str]) -> None:
     import mlflow
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (the slow part, before any file is written)
 
+    if sys.stdin.buffer.readline() != GO_AHEAD:
+        return  # the command stopped before it needed a store
     open_store(uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     for name in experiments:
