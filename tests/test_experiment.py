@@ -73,6 +73,29 @@ def test_none_trains_the_student_alone_and_shares_the_stored_baseline(store):
 
 
 @pytest.mark.slow
+def test_a_crash_while_exporting_the_model_leaves_no_finished_run_and_the_same_command_exports_it(store, monkeypatch):
+    """The run is FINISHED only once its model is written; after a crash in the export the same
+    command resumes it from its checkpoints and writes the model."""
+    from kdexp.tracking.runs import Run
+
+    export = Run.model
+
+    def crash(self, *args, **kwargs):
+        raise OSError("the export died")
+
+    monkeypatch.setattr(Run, "model", crash)
+    with pytest.raises(OSError, match="the export died"):
+        run_experiment(["trainer.baseline=false"])
+    [failed] = mlflow.search_runs(experiment_names=["kdexp"], output_format="list")
+    assert failed.info.status == "FAILED" and "student_model_uri" not in failed.data.tags
+    monkeypatch.setattr(Run, "model", export)
+    _, again = run_experiment(["trainer.baseline=false"])
+    assert again.info.run_id == failed.info.run_id and again.info.status == "FINISHED"
+    student = mlflow.pytorch.load_model(again.data.tags["student_model_uri"])
+    assert student(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.slow
 def test_a_run_that_raises_ends_failed_with_the_error(store, monkeypatch):
     from kdexp.methods.standard import Standard
 

@@ -136,6 +136,8 @@ def open_store(uri: str) -> None:
     import mlflow
 
     if creator is not None:
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (~0.6 s: beside the child's migrations, not after them)
+
         creator.wait()  # whatever its outcome, what follows opens the store, or creates it with the usual errors
     check_local_store(uri)
     with creation_lock(uri):
