@@ -255,7 +255,7 @@ class Context:
                 return torch.cat([model(x).float() for x, _ in batches])
 
         cached = self._stored_logits(role, compute) if role in self.store_keys else compute()
-        return lambda x, idx: cached[idx]
+        return lambda x, idx: cached.index_select(0, idx)  # = cached[idx], faster for small batches
 
     def _stored_logits(self, role: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """`compute()`'s logits of the stored model served under `role`, from the store or into it."""
