@@ -20,6 +20,7 @@ import atexit
 import importlib
 import os
 import sys
+
 _status = {"code": 1}  # the exit status the last handler ends the process with
 
 
