@@ -58,7 +58,7 @@ def _collect_previous_run() -> None:
     global _previous_runs
     if _previous_runs:
         gc.collect()
-    gc.freeze()  # survivors are never collected again: the cost of the cheap collections above
+    gc.freeze()  # the collector never looks at the survivors again: the price of cheap collections
     _previous_runs += 1
 
 
