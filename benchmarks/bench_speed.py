@@ -25,7 +25,8 @@ Steps, each in a child process of its own (a fresh temporary folder holds everyt
  7. start-up: `kdexp --cfg job experiment=seed_article`, median of 3.
 Wall times are those of the child processes, start-up included; peak memory is the child's maximum
 resident set size (`os.wait4`). `--device cuda` passes `trainer.device=cuda` to every kdexp command
-and `--device cuda` to the floor. The machine may be shared: absolute times are noisy, run it twice.
+and `--device cuda` to the floor. The machine may be shared and absolute times are noisy: steps 3 to 6
+run `--rounds` times (3 by default), interleaved, and each is judged by its median round.
 """
 
 from __future__ import annotations
