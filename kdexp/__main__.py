@@ -1,5 +1,5 @@
 import sys
 
-from kdexp.entry import kdexp
+from kdexp.cli.entry import kdexp
 
 sys.exit(kdexp())

@@ -15,9 +15,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from kdexp.cli import CONFIG_DIR
-from kdexp import catalog  # noqa: F401  (families and terms register, as the CLI does)
-from kdexp.config import validate
+from kdexp.cli.main import CONFIG_DIR
+from kdexp.distill import catalog  # noqa: F401  (families and terms register, as the CLI does)
+from kdexp.config.sections import validate
 
 # Small and fast: a slice of the embedded data, one epoch each, no progress bars.
 FAST = [
@@ -111,7 +111,7 @@ def run_experiment(overrides: list[str] = (), fast: bool = True):
     """Run one experiment in-process; returns (objective, the finished MLflow run)."""
     import mlflow
 
-    from kdexp import experiment
+    from kdexp.run import experiment
 
     cfg = compose_cfg(overrides, fast)
     objective = experiment.run(cfg, list(overrides))

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from kdexp.losses import kd_kl
-from kdexp.registry import KD_TERMS
-from kdexp.terms.base import LogitTerm
+from kdexp.distill.functional import kd_kl
+from kdexp.config.registry import KD_METHODS
+from kdexp.distill.methods.base import LogitMethod
 
 
 @dataclass
@@ -30,8 +30,8 @@ class ScaledConfig:
     kd_weight: float = 0.5
 
 
-@KD_TERMS.register
-class Scaled(LogitTerm):
+@KD_METHODS.register
+class Scaled(LogitMethod):
     name = "scaled"
     schema = ScaledConfig
     temperatures = ("temperature",)

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import kdexp
-from kdexp.cli import check_group_choices
+from kdexp.cli.main import check_group_choices
 
 
 @pytest.mark.slow

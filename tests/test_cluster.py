@@ -23,11 +23,11 @@ from omegaconf import OmegaConf
 
 from conftest import FAST, kdexp, sqlite_uri
 from kdexp import tracking
-from kdexp.config import ConfigError
-from kdexp.sweep import parent_for_job, sweep_dir_of, threads_per_job
+from kdexp.config.checks import ConfigError
+from kdexp.run.sweep import parent_for_job, sweep_dir_of, threads_per_job
 
 QUIET = [*FAST, "data.limit_train=300", "tracking.log_model=false"]
-CALLBACK = {"mlflow_sweep": {"_target_": "kdexp.sweep.MlflowSweep"}}
+CALLBACK = {"mlflow_sweep": {"_target_": "kdexp.run.sweep.MlflowSweep"}}
 
 
 def _hydra(launcher=None, sweep_dir="outputs/multirun/a", cwd="/launch", callbacks=CALLBACK):
@@ -102,7 +102,7 @@ def test_job_without_its_parent_stops_in_one_line_naming_tracking_uri(tmp_path, 
 
 
 def test_launcher_choices_from_plugins_pass_the_group_check():
-    from kdexp.cli import check_group_choices
+    from kdexp.cli.main import check_group_choices
 
     check_group_choices(["hydra/launcher=joblib", "hydra/launcher=ray_cluster", "hydra/launcher=submitit_local"])
 

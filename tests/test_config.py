@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ReadonlyConfigError
 
 from conftest import compose_cfg, compose_raw
-from kdexp.config import ConfigError, flatten, validate
+from kdexp.config.sections import ConfigError, flatten, validate
 
 
 def test_default_config_composes_and_validates():

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import compose_cfg
-from kdexp import data
-from kdexp.config import ConfigError
+from kdexp.data import memory as data
+from kdexp.config.checks import ConfigError
 
 # --- writers of the real formats ---------------------------------------------------
 

@@ -5,10 +5,10 @@ means one thing in `kdexp --cfg job` and another in the dataclass."""
 import pytest
 from omegaconf import OmegaConf
 
-from kdexp import config
-from kdexp.model_schema import CNNConfig, MLPConfig, ResNetConfig, TorchvisionConfig
-from kdexp.paths import CONFIG_DIR
-from kdexp.registry import SECTIONS
+from kdexp.config import sections as config
+from kdexp.config.models import CNNConfig, MLPConfig, ResNetConfig, TorchvisionConfig
+from kdexp.config.paths import CONFIG_DIR
+from kdexp.config.registry import SECTIONS
 
 FIXED = {
     "data/mnist5k": config.DataConfig,

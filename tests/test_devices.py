@@ -9,12 +9,12 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg, run_experiment
-from kdexp import data
-from kdexp.config import ConfigError
-from kdexp.console import PhaseProgress
-from kdexp.experiment import Context, available_devices, resolve_device
-from kdexp.store import key_for
-from kdexp.train import Loop, Phase, evaluate
+from kdexp.data import memory as data
+from kdexp.config.checks import ConfigError
+from kdexp.run.console import PhaseProgress
+from kdexp.run.experiment import Context, available_devices, resolve_device
+from kdexp.config.identity import key_for
+from kdexp.run.loop import Loop, Phase, evaluate
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 QUIET = ["data.limit_train=300", "tracking.log_model=false"]

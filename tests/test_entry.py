@@ -1,4 +1,4 @@
-"""The console scripts end without the interpreter's module teardown (kdexp/entry.py), and lose
+"""The console scripts end without the interpreter's module teardown (kdexp/cli/entry.py), and lose
 nothing by it: exit handlers run, buffered output arrives, the exit status is the command's."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kdexp.entry import exit_status
+from kdexp.cli.entry import exit_status
 
 # A command module: buffered output, an exit handler registered while it runs (as MLflow's and
 # logging's are), and an object whose finaliser only the interpreter's teardown would call.
@@ -33,7 +33,7 @@ def main():
 def run_command(tmp_path: Path, ending: str, before: str = "") -> subprocess.CompletedProcess:
     (tmp_path / "command.py").write_text(textwrap.dedent(COMMAND.format(ending=ending)))
     launcher = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); {before}"
-                "from kdexp.entry import run; sys.exit(run('command'))")
+                "from kdexp.cli.entry import run; sys.exit(run('command'))")
     return subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, timeout=60)
 
 
@@ -70,5 +70,5 @@ def test_the_console_scripts_go_through_the_entry_point():
     import tomllib
 
     scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"kdexp": "kdexp.entry:kdexp", "kdexp-report": "kdexp.entry:report",
-                       "kdexp-export": "kdexp.entry:export"}
+    assert scripts == {"kdexp": "kdexp.cli.entry:kdexp", "kdexp-report": "kdexp.cli.entry:report",
+                       "kdexp-export": "kdexp.cli.entry:export"}

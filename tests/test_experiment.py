@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import compose_cfg, run_experiment
-from kdexp import experiment
-from kdexp.config import flatten
+from kdexp.run import experiment
+from kdexp.config.sections import flatten
 
 
 @pytest.mark.slow
@@ -97,7 +97,7 @@ def test_a_crash_while_exporting_the_model_leaves_no_finished_run_and_the_same_c
 
 @pytest.mark.slow
 def test_a_run_that_raises_ends_failed_with_the_error(store, monkeypatch):
-    from kdexp.methods.standard import Standard
+    from kdexp.distill.families.standard import Standard
 
     def boom(self):
         raise RuntimeError("kaboom in training")
@@ -118,7 +118,9 @@ def test_the_next_run_frees_the_data_and_models_of_the_previous_one(store, monke
     import gc
     import weakref
 
-    from kdexp import data, models
+    from kdexp.data import memory as data
+
+    from kdexp.models import factory as models
 
     loaded, built = [], []
     real_load, real_build = data.load, models.build

@@ -4,9 +4,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg
-from kdexp import identity
-from kdexp.context import supervised_key
-from kdexp.identity import drop_added, run_key
+from kdexp.config import identity
+from kdexp.run.context import supervised_key
+from kdexp.config.identity import drop_added, run_key
 
 # Computed with the tree before the kd/hint groups existed (commit 4ff9be2), on the composed
 # config without the FAST overrides; device cpu.

@@ -14,7 +14,7 @@ import kdexp
 PACKAGE_DIR = Path(kdexp.__file__).parent
 
 def module_names(root: Path, package: str) -> dict[str, Path]:
-    """`kdexp.methods.base` → its file, `kdexp.methods` → its `__init__.py`."""
+    """`kdexp.distill.families.base` → its file, `kdexp.distill.families` → its `__init__.py`."""
     names = {}
     for path in sorted(root.rglob("*.py")):
         parts = [package, *path.relative_to(root).with_suffix("").parts]
@@ -121,8 +121,8 @@ def test_kdexp_has_no_import_cycles():
 
 def test_the_model_families_do_not_import_the_builder():
     graph = import_graph(PACKAGE_DIR, "kdexp")
-    assert "kdexp.models" not in graph["kdexp.resnets"] | graph["kdexp.tv_models"]
-    assert {"kdexp.resnets", "kdexp.tv_models", "kdexp.staged"} <= graph["kdexp.models"]
+    assert "kdexp.models.factory" not in graph["kdexp.models.resnets"] | graph["kdexp.models.tv_models"]
+    assert {"kdexp.models.resnets", "kdexp.models.tv_models", "kdexp.models.staged"} <= graph["kdexp.models.factory"]
 
 
 def _package(root: Path, files: dict[str, str]) -> Path:
@@ -176,11 +176,11 @@ def test_only_the_tracking_module_imports_mlflow():
 
 def test_the_cli_starts_without_torch_or_mlflow():
     """`kdexp --help` and `--cfg job` stay fast (~0.5 s): families, terms and MLflow are imported
-    where a run needs them (kdexp.catalog, kdexp.tracking), not with the package."""
+    where a run needs them (kdexp.distill.catalog, kdexp.tracking), not with the package."""
     import subprocess
     import sys
 
-    code = "import sys, kdexp.cli; print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))"
+    code = "import sys, kdexp.cli.main; print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE_DIR.parent)
     assert out.stdout.strip() == "[]"

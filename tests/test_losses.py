@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdexp.losses import hinton, kd_kl
+from kdexp.distill.functional import hinton, kd_kl
 
 
 def test_kd_kl_matches_hand_computation_with_t_squared_scaling():

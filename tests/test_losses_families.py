@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdexp.losses import (aggregate_teachers, ensemble_probs, feature_l2, kd_kl, multi_teacher, mutual,
+from kdexp.distill.functional import (aggregate_teachers, ensemble_probs, feature_l2, kd_kl, multi_teacher, mutual,
                           self_distill, teacher_weights)
 
 

@@ -4,7 +4,7 @@ import mlflow
 import pytest
 
 from conftest import compose_cfg, run_experiment
-from kdexp.config import ConfigError
+from kdexp.config.checks import ConfigError
 
 SMALL = ["loss.teachers=[mlp,{name:mlp,hidden:[64]}]", "student.hidden=[32]", "tracking.log_model=false"]
 

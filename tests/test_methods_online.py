@@ -6,9 +6,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg, run_experiment
-from kdexp import models
-from kdexp.config import ConfigError
-from kdexp.losses import mutual
+from kdexp.models import factory as models
+from kdexp.config.checks import ConfigError
+from kdexp.distill.functional import mutual
 
 SMALL = ["loss.peers=[{name:mlp,hidden:[64]},{name:mlp,hidden:[32]},{name:mlp,hidden:[16]}]",
          "tracking.log_model=false"]

@@ -6,10 +6,10 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg, run_experiment
-from kdexp import models
-from kdexp.config import ConfigError
-from kdexp.losses import self_distill
-from kdexp.resnets import cifar_resnet
+from kdexp.models import factory as models
+from kdexp.config.checks import ConfigError
+from kdexp.distill.functional import self_distill
+from kdexp.models.resnets import cifar_resnet
 
 NO_MODEL = ["tracking.log_model=false"]
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import FAST, compose_cfg, run_experiment
-from kdexp.losses import hinton
-from kdexp.train import Diverged
+from kdexp.distill.functional import hinton
+from kdexp.run.loop import Diverged
 
 SMALL = ["tracking.log_model=false", "data.limit_train=256"]
 
@@ -42,12 +42,12 @@ def test_each_method_finishes_with_a_finite_kd_gain_and_names_itself(store, over
 
 
 def test_the_default_terms_compute_the_loss_of_before_to_the_last_bit(store):
-    """The student phase through the Distiller (kd=hinton, hint=none) against the loss kdexp had
+    """The student phase through the ComposedLoss (kd=hinton, hint=none) against the loss kdexp had
     before terms existed, `losses.hinton` on the cached teacher logits, on the same batches."""
-    from kdexp import data as data_mod
-    from kdexp.context import Context
-    from kdexp.methods.distill import Distiller
-    from kdexp.train import Clock
+    from kdexp.data import memory as data_mod
+    from kdexp.run.context import Context
+    from kdexp.distill.compose import ComposedLoss
+    from kdexp.distill.phase import Clock
 
     cfg = compose_cfg([])
     dataset = data_mod.load(cfg.data)
@@ -60,12 +60,13 @@ def test_the_default_terms_compute_the_loss_of_before_to_the_last_bit(store):
     teacher = ctx.build(cfg.teacher, "teacher").eval().requires_grad_(False)
     student = ctx.build(cfg.student, "student")
     cached = ctx.frozen_logits(teacher)
-    with Distiller(ctx, student, teacher, "teacher", Clock()) as distiller:
-        assert distiller.parts == {} and distiller.student_capture is None
+    with ComposedLoss(cfg, student, teacher, lambda: ctx.frozen_logits(teacher), ctx.probe_batch(),
+                      ctx.seed("student/terms"), ctx.device, Clock()) as composed:
+        assert composed.parts == {} and composed.student_capture is None
         for start in (0, 64, 128):
             idx = torch.arange(start, start + 64)
             x, y = dataset.train.x[idx], dataset.train.y[idx]
-            new = distiller.loss(x, y, idx)
+            new = composed.step_loss(x, y, idx)
             old = hinton(student(x), cached(x, idx), y, cfg.loss.temperature, cfg.loss.alpha)
             assert list(new) == list(old) and all(torch.equal(new[k], old[k]) for k in old)
 

@@ -8,9 +8,12 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg, run_experiment
-from kdexp import data, models, resnets, tv_models
-from kdexp.config import ConfigError
-from kdexp.train import Loop, Phase, make_optimizer, make_scheduler
+from kdexp.data import memory as data
+from kdexp.models import factory as models
+from kdexp.models import resnets
+from kdexp.models import tv_models
+from kdexp.config.checks import ConfigError
+from kdexp.run.loop import Loop, Phase, make_optimizer, make_scheduler
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 RESNETS = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet56", "resnet110", "resnet8x4", "resnet32x4"]
@@ -194,7 +197,7 @@ def test_cosine_goes_from_lr_to_min_lr_and_none_keeps_lr():
 
 
 def test_loop_steps_the_schedule_per_epoch_and_logs_lr():
-    from kdexp.console import PhaseProgress
+    from kdexp.run.console import PhaseProgress
 
     g = torch.Generator().manual_seed(0)
     split = data.Split(torch.randn(32, 1, 4, 4, generator=g), torch.arange(32) % 2)

@@ -17,9 +17,10 @@ import mlflow
 import pytest
 
 from conftest import FAST, compose_cfg
-from kdexp import experiment, tracking
-from kdexp.checkpoint import CheckpointError, Checkpoints
-from kdexp.config import ConfigError
+from kdexp.run import experiment
+from kdexp import tracking
+from kdexp.run.checkpoints import CheckpointError, Checkpoints
+from kdexp.config.checks import ConfigError
 
 QUIET = [*FAST, "data.limit_train=300", "tracking.log_model=false"]
 REPO = Path(__file__).resolve().parents[1]
@@ -156,7 +157,7 @@ def test_full_disk_while_checkpointing_removes_the_temporary_file(tmp_path, monk
     def no_space(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("kdexp.checkpoint.os.fsync", no_space)
+    monkeypatch.setattr("kdexp.run.checkpoints.os.fsync", no_space)
     with pytest.raises(OSError) as err:
         ckpts.save("teacher", {"epoch": 2})
     assert err.value.errno == errno.ENOSPC and err.value.filename == str(ckpts.path("teacher"))
@@ -165,7 +166,7 @@ def test_full_disk_while_checkpointing_removes_the_temporary_file(tmp_path, monk
 
 
 def _cli_in_process(args: list[str], monkeypatch) -> None:
-    from kdexp import cli
+    from kdexp.cli import main as cli
 
     monkeypatch.setattr(sys, "argv", ["kdexp", *args])
     cli.main()
@@ -182,7 +183,7 @@ def test_full_disk_ends_the_run_failed_in_one_line_and_the_same_command_resumes(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr("kdexp.checkpoint.os.fsync", fills_up)
+    monkeypatch.setattr("kdexp.run.checkpoints.os.fsync", fills_up)
     with pytest.raises(SystemExit) as stop:
         _cli_in_process(args, monkeypatch)
     err = capsys.readouterr().err.strip()
@@ -192,7 +193,7 @@ def test_full_disk_ends_the_run_failed_in_one_line_and_the_same_command_resumes(
     assert crashed.info.status == "FAILED"
     assert not list(Path("outputs").rglob("*.tmp"))
 
-    monkeypatch.setattr("kdexp.checkpoint.os.fsync", real_fsync)
+    monkeypatch.setattr("kdexp.run.checkpoints.os.fsync", real_fsync)
     _cli_in_process(args, monkeypatch)
     assert "resuming MLflow run" in capsys.readouterr().out
     [resumed] = _runs()
@@ -213,7 +214,7 @@ def test_finished_runs_leave_no_checkpoints_unless_asked(store):
 
 @pytest.mark.slow
 def test_resume_with_changed_threads_and_store_reuse_records_them_as_tags(store, monkeypatch):
-    from kdexp import checkpoint
+    from kdexp.run import checkpoints as checkpoint
 
     save = checkpoint.Checkpoints.save
 

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import kdexp, kdexp_env
 from kdexp import report
+from kdexp.cli import report as report_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -118,7 +119,7 @@ def test_grid_sweep_report(db, tmp_path, capsys):
     parent, children = make_sweep(db, "T×α", "trainer.epochs=2 loss.temperature=1,4 loss.alpha=0.1,0.5",
                                   GRID, sweep_dir)
 
-    assert report.main([]) == 0
+    assert report_cli.main([]) == 0
     out = capsys.readouterr().out
     folder = sweep_dir / "report"
     assert {p.name for p in folder.iterdir()} == {"report.csv", "report.md", "student_acc.png", "kd_gain.png"}
@@ -153,7 +154,7 @@ def test_grid_sweep_report(db, tmp_path, capsys):
 
 def test_seeds_are_averaged(db, tmp_path, capsys):
     parent, _ = make_sweep(db, "T × seed", "loss.temperature=1,4 seed=0,1", SEEDS)
-    rep, folder, files = report.make_report(out=tmp_path / "rep", show_table=True)
+    rep, folder, files = report_cli.make_report(out=tmp_path / "rep", show_table=True)
     out = capsys.readouterr().out
 
     assert rep.axes == ["loss.temperature"] and rep.by_seed
@@ -176,7 +177,7 @@ def test_seeds_are_averaged(db, tmp_path, capsys):
 def test_failed_seed_listed_not_averaged(db, tmp_path):
     jobs = SEEDS[:3] + [job({"loss.temperature": 4, "seed": 1}, None, status="FAILED")]
     make_sweep(db, "T × seed", "loss.temperature=1,4 seed=0,1", jobs)
-    rep, folder, _ = report.make_report(out=tmp_path / "rep", log=False, show_table=False)
+    rep, folder, _ = report_cli.make_report(out=tmp_path / "rep", log=False, show_table=False)
     assert [(e.rank, e.status, len(e.runs)) for e in rep.entries] == [(1, "FINISHED", 1), (2, "FINISHED", 2),
                                                                        (None, "FAILED", 1)]
     md = (folder / "report.md").read_text()
@@ -188,7 +189,7 @@ def test_parent_by_id_and_no_log(db, tmp_path):
     first, _ = make_sweep(db, "first", "loss.temperature=1,4 loss.alpha=0.1,0.5", GRID,
                           start=int(time.time() * 1000) - 60_000)
     make_sweep(db, "second", "loss.temperature=1,4 seed=0,1", SEEDS)
-    assert report.main(["--parent", first, "--out", str(tmp_path / "r"), "--no-log"]) == 0
+    assert report_cli.main(["--parent", first, "--out", str(tmp_path / "r"), "--no-log"]) == 0
     assert read_csv(tmp_path / "r" / "report.csv")[0]["loss.alpha"] == "0.1"
     assert artifacts(db, first) == set()
 
@@ -196,7 +197,7 @@ def test_parent_by_id_and_no_log(db, tmp_path):
 def test_default_folder_without_local_sweep_dir(db, tmp_path):
     parent, _ = make_sweep(db, "remote", "loss.temperature=1,4 loss.alpha=0.1,0.5", GRID,
                            sweep_dir=Path("/elsewhere/outputs/sweep"))
-    assert report.main([]) == 0
+    assert report_cli.main([]) == 0
     assert (tmp_path / "outputs" / f"report-{parent}" / "report.csv").is_file()
 
 
@@ -207,7 +208,7 @@ def test_validation_objective_ranks_and_reruns_count_once(db, tmp_path):
             job({"loss.temperature": 4, "loss.alpha": 0.5}, 93.0, val=93.5),
             job({"loss.temperature": 4, "loss.alpha": 0.1}, 96.0, val=93.8)]  # the failed job, run again
     make_sweep(db, "val", "loss.temperature=1,4 loss.alpha=0.1,0.5", jobs)
-    rep, folder, _ = report.make_report(out=tmp_path / "rep", log=False, show_table=False)
+    rep, folder, _ = report_cli.make_report(out=tmp_path / "rep", log=False, show_table=False)
     assert rep.rank_by.key == "student_val_acc" and rep.superseded == 1
     assert [(e.values["loss.temperature"], e.values["loss.alpha"]) for e in rep.entries] == [
         (1.0, 0.5), (1.0, 0.1), (4.0, 0.1), (4.0, 0.5)]
@@ -220,7 +221,7 @@ def test_heatmap_keeps_failed_settings_and_irregular_search_scatters(db, tmp_pat
             job({"loss.temperature": 4, "loss.alpha": 0.1}, None, status="FAILED"),
             job({"loss.temperature": 4, "loss.alpha": 0.5}, None, status="FAILED")]
     parent, _ = make_sweep(db, "grid", "loss.temperature=1,4 loss.alpha=0.1,0.5", jobs)
-    rep, _, files = report.make_report(parent_id=parent, out=tmp_path / "grid", log=False, show_table=False)
+    rep, _, files = report_cli.make_report(parent_id=parent, out=tmp_path / "grid", log=False, show_table=False)
     grid, rows_, cols = report.value_grid(rep, "student_acc")
     assert rows_ == ["1", "4"] and cols == ["0.1", "0.5"] and grid[0] == [95.0, 94.0]
     assert all(v != v for v in grid[1])  # NaN: the failed row is still drawn
@@ -229,13 +230,13 @@ def test_heatmap_keeps_failed_settings_and_irregular_search_scatters(db, tmp_pat
     trials = [job({"loss.temperature": t, "loss.alpha": a}, acc)  # an Optuna-like search
               for t, a, acc in [(1.3, 0.21, 95.0), (2.7, 0.64, 95.5), (5.1, 0.12, 96.0), (7.9, 0.83, 94.5)]]
     parent, _ = make_sweep(db, "search", "hparams_search=optuna_t_alpha", trials)
-    rep, _, files = report.make_report(parent_id=parent, out=tmp_path / "search", log=False, show_table=False)
+    rep, _, files = report_cli.make_report(parent_id=parent, out=tmp_path / "search", log=False, show_table=False)
     assert report.irregular(rep) and [f.name for f in files][2:] == ["student_acc.png", "kd_gain.png"]
     assert all(f.read_bytes()[:8] == PNG_MAGIC for f in files[2:])
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
-    assert report.main(argv) == report.EXIT_BAD_INPUT
+    assert report_cli.main(argv) == report_cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("kdexp-report: error: ")
     return err
@@ -284,7 +285,7 @@ def test_overrides_whose_values_hold_spaces_are_cut_by_hydras_grammar():
 def test_jobs_differing_in_a_list_with_spaces_are_one_swept_key(db, tmp_path):
     jobs = [job({"teacher.hidden": "[512, 256]", "seed": 0}, 95.0), job({"teacher.hidden": "[256, 128]", "seed": 0}, 94.0)]
     make_sweep(db, "widths", "teacher.hidden=[512, 256],[256, 128]", jobs)
-    rep, _, _ = report.make_report(out=tmp_path / "rep", log=False, show_table=False)
+    rep, _, _ = report_cli.make_report(out=tmp_path / "rep", log=False, show_table=False)
     assert rep.axes == ["teacher.hidden"]
     assert [e.values["teacher.hidden"] for e in rep.ranked] == ["[512, 256]", "[256, 128]"]
 

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from kdexp import report
+from kdexp.cli import report as report_cli
 from test_report import db, empty_store_file, job, make_sweep  # noqa: F401  (fixtures)
 
 # (temperature, seed) → (student accuracy, baseline accuracy); T=16 lacks seed 2 and has seed 5.
@@ -36,7 +37,7 @@ def read_csv(path) -> list[dict]:
 
 def test_groups_and_comparisons_match_scipy(db, tmp_path):
     parent, _ = make_sweep(db, "sweep", "loss.temperature=2,8,16 seed=0,1,2", jobs())
-    rep, folder, files = report.make_report(db, parent_id=parent, out=tmp_path / "r", show_table=False)
+    rep, folder, files = report_cli.make_report(db, parent_id=parent, out=tmp_path / "r", show_table=False)
     groups = {row["group"]: row for row in read_csv(folder / "groups.csv")}
     assert set(groups) == {"loss.temperature=2", "loss.temperature=8", "loss.temperature=16"}
     gains = [95.0 - 94.0, 95.9 - 94.5, 94.4 - 94.2]
@@ -67,7 +68,7 @@ def test_files_and_best_group_land_on_the_parent_run(db, tmp_path):
 
     parent, _ = make_sweep(db, "sweep", "loss.temperature=2,8 seed=0,1,2",
                            [j for j in jobs() if j["overrides"]["loss.temperature"] != 16])
-    report.make_report(db, parent_id=parent, out=tmp_path / "r", show_table=False)
+    report_cli.make_report(db, parent_id=parent, out=tmp_path / "r", show_table=False)
     client = MlflowClient(tracking_uri=db)
     logged = {f.path for f in client.list_artifacts(parent, "report")}
     assert {"report/groups.csv", "report/comparisons.csv", "report/kd_gain_ci.png"} <= logged
@@ -84,7 +85,7 @@ def test_files_and_best_group_land_on_the_parent_run(db, tmp_path):
 
 def test_against_compares_each_group_with_one(db, tmp_path):
     parent, _ = make_sweep(db, "sweep", "loss.temperature=2,8,16 seed=0,1,2", jobs())
-    report.make_report(db, parent_id=parent, out=tmp_path / "r", show_table=False, log=False,
+    report_cli.make_report(db, parent_id=parent, out=tmp_path / "r", show_table=False, log=False,
                        against="loss.temperature=8")
     pairs = read_csv(tmp_path / "r" / "comparisons.csv")
     assert [(p["a"], p["b"]) for p in pairs] == [("loss.temperature=8", "loss.temperature=2"),
@@ -94,7 +95,7 @@ def test_against_compares_each_group_with_one(db, tmp_path):
 def test_a_group_of_one_run_says_why_it_has_no_interval(db, tmp_path):
     results = {**RESULTS, (32, 0): (92.0, 94.0)}
     parent, _ = make_sweep(db, "sweep", "loss.temperature=2,8,16,32 seed=0,1,2", jobs(results))
-    report.make_report(db, parent_id=parent, out=tmp_path / "r", show_table=False, log=False)
+    report_cli.make_report(db, parent_id=parent, out=tmp_path / "r", show_table=False, log=False)
     groups = {row["group"]: row for row in read_csv(tmp_path / "r" / "groups.csv")}
     single = groups["loss.temperature=32"]
     assert single["n"] == "1" and single["kd_gain_ci_low"] == "" and "one run" in single["note"]
@@ -104,7 +105,7 @@ def test_best_epoch_metric_is_used_when_asked(db, tmp_path):
     extra = {"student_best_acc": 97.0, "baseline_best_acc": 95.0}
     parent, _ = make_sweep(db, "sweep", "loss.temperature=2,8 seed=0,1", jobs(
         {k: v for k, v in RESULTS.items() if k[0] in (2, 8) and k[1] < 2}, extra))
-    report.make_report(db, parent_id=parent, out=tmp_path / "r", show_table=False, log=False,
+    report_cli.make_report(db, parent_id=parent, out=tmp_path / "r", show_table=False, log=False,
                        metric="student_best_acc")
     groups = read_csv(tmp_path / "r" / "groups.csv")
     assert all(float(g["student_acc_mean"]) == 97.0 and float(g["kd_gain_mean"]) == 2.0 for g in groups)
@@ -114,20 +115,20 @@ def test_best_epoch_metric_is_used_when_asked(db, tmp_path):
 def test_refusals_are_one_line(db, tmp_path, capsys):
     parent, _ = make_sweep(db, "sweep", "loss.temperature=2,8 seed=0,1,2",
                            [j for j in jobs() if j["overrides"]["loss.temperature"] != 16])
-    code = report.main(["--parent", parent, "--tracking-uri", db, "--out", str(tmp_path / "r"),
+    code = report_cli.main(["--parent", parent, "--tracking-uri", db, "--out", str(tmp_path / "r"),
                         "--against", "loss.temperature=3"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "names no group" in err and "loss.temperature=2" in err and "loss.temperature=8" in err
 
-    code = report.main(["--parent", parent, "--tracking-uri", db, "--out", str(tmp_path / "r"),
+    code = report_cli.main(["--parent", parent, "--tracking-uri", db, "--out", str(tmp_path / "r"),
                         "--metric", "student_best_acc"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "no metric student_best_acc" in err
 
     failed, _ = make_sweep(db, "sweep2", "seed=0,1", [job({"seed": 0}, None, status="FAILED"),
                                                        job({"seed": 1}, None, status="FAILED")])
-    code = report.main(["--parent", failed, "--tracking-uri", db, "--out", str(tmp_path / "r2")])
+    code = report_cli.main(["--parent", failed, "--tracking-uri", db, "--out", str(tmp_path / "r2")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "no finished job" in err
 
@@ -135,7 +136,7 @@ def test_refusals_are_one_line(db, tmp_path, capsys):
 def test_one_seed_per_setting_writes_no_group_files(db, tmp_path, capsys):
     parent, _ = make_sweep(db, "sweep", "loss.temperature=2,8",
                            [job({"loss.temperature": 2}, 95.0), job({"loss.temperature": 8}, 96.0)])
-    _, folder, files = report.make_report(db, parent_id=parent, out=tmp_path / "r", log=False)
+    _, folder, files = report_cli.make_report(db, parent_id=parent, out=tmp_path / "r", log=False)
     assert not (folder / "groups.csv").exists()
     assert "add seed=0,1,2" in capsys.readouterr().out
 

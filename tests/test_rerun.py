@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import FAST, compose_cfg, kdexp_env
-from kdexp import experiment
-from kdexp.checkpoint import CheckpointError, Checkpoints
-from kdexp.identity import run_key
+from kdexp.run import experiment
+from kdexp.run.checkpoints import CheckpointError, Checkpoints
+from kdexp.config.identity import run_key
 
 
 def _runs():
@@ -81,7 +81,7 @@ def test_checkpoint_with_code_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_with_phase_epoch_and_step(store):
-    from kdexp.train import NonFiniteLoss
+    from kdexp.run.loop import NonFiniteLoss
 
     # A learning rate this large sends the weights to inf within a couple of steps.
     cfg = compose_cfg(["tracking.log_model=false", "optim.lr=1e30"])

@@ -4,7 +4,7 @@ import mlflow
 import pytest
 
 from conftest import compose_cfg, run_experiment
-from kdexp.store import key_for
+from kdexp.config.identity import key_for
 
 
 def _key(overrides=()):

@@ -123,7 +123,8 @@ def test_two_identical_sweeps_at_once_in_one_folder(tmp_path):
 def test_an_in_process_sweep_reads_each_data_set_once(tmp_path, monkeypatch):
     """Hydra's basic launcher runs the jobs in this process: jobs with equal data settings share
     the loaded data set, and a job with other data settings gets its own."""
-    from kdexp import cli, data
+    from kdexp.cli import main as cli
+    from kdexp.data import memory as data
     from kdexp.tracking import connect, create
 
     spawned = []  # whether each call started a child that creates the store (a fresh one: the first)

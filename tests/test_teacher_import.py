@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import FAST, compose_cfg, kdexp, run_experiment
-from kdexp import models as models_mod
-from kdexp.config import ConfigError
-from kdexp.export import export
-from kdexp.teacher_import import check_checkpoints, fitted, read_state
+from kdexp.models import factory as models_mod
+from kdexp.config.checks import ConfigError
+from kdexp.cli.export import export
+from kdexp.run.teacher_import import check_checkpoints, fitted, read_state
 
 CIFAR = (3, 32, 32)
 
@@ -160,7 +160,7 @@ def test_a_logged_student_is_the_next_teacher_through_its_mlflow_uri_and_exports
     assert second.data.tags["kdexp.teacher.source"] == "imported"
     assert second.data.metrics["teacher_acc"] == first.data.metrics["student_acc"]
     exported = kdexp([first.info.run_id, str(tmp_path / "student.pt"), "--role", "student"], tmp_path,
-                     module="kdexp.export", check=True)
+                     module="kdexp.cli.export", check=True)
     assert "wrote model" in exported.stdout
     state = torch.load(tmp_path / "student.pt", weights_only=True)
     assert set(state) == set(models_mod.build(compose_cfg([]).student, (1, 28, 28), 10, 0).state_dict())
@@ -174,7 +174,7 @@ def test_a_teacher_checkpoint_where_the_family_has_no_teacher_is_refused(family)
 
 
 def test_new_weights_under_the_same_path_are_another_run(tmp_path):
-    from kdexp.identity import run_key
+    from kdexp.config.identity import run_key
 
     cfg = compose_cfg([f"teacher.checkpoint={tmp_path}/t.pt"])
     keys = set()

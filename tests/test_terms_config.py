@@ -4,19 +4,19 @@ layer checks that need the models (before any training)."""
 import pytest
 
 from conftest import compose_cfg
-from kdexp import data as data_mod
-from kdexp.config import MAX_TEMPERATURE, ConfigError
-from kdexp.experiment import check_models_fit
-from kdexp.registry import FAMILIES, HINT_TERMS, KD_TERMS
-from kdexp.paths import CONFIG_DIR
+from kdexp.data import memory as data_mod
+from kdexp.config.sections import MAX_TEMPERATURE, ConfigError
+from kdexp.run.experiment import check_models_fit
+from kdexp.config.registry import FAMILIES, HINT_METHODS, KD_METHODS
+from kdexp.config.paths import CONFIG_DIR
 
 
 def test_every_registered_method_has_its_yaml_and_back():
-    for group, registry in (("kd", KD_TERMS), ("hint", HINT_TERMS), ("loss", FAMILIES)):
+    for group, registry in (("kd", KD_METHODS), ("hint", HINT_METHODS), ("loss", FAMILIES)):
         assert {p.stem for p in (CONFIG_DIR / group).glob("*.yaml")} == set(registry), group
 
 
-@pytest.mark.parametrize("kd", sorted(KD_TERMS))
+@pytest.mark.parametrize("kd", sorted(KD_METHODS))
 def test_each_kd_composes_with_the_standard_family(kd):
     cfg = compose_cfg([f"kd={kd}"])
     assert cfg.kd.name == kd and cfg.hint.name == "none"

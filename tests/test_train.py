@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from conftest import run_experiment
-from kdexp import data
-from kdexp.console import PhaseProgress
-from kdexp.train import History, Loop, NonFiniteLoss, Phase
+from kdexp.data import memory as data
+from kdexp.run.console import PhaseProgress
+from kdexp.run.loop import History, Loop, NonFiniteLoss, Phase
 
 N, BATCH, EPOCHS, SEED = 44, 8, 3, 7  # 44 = 5 full batches + one of 4: the last batch is short
 

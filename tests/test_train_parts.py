@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from kdexp import data
-from kdexp.console import PhaseProgress
-from kdexp.train import Clock, Diverged, Loop, Phase
+from kdexp.data import memory as data
+from kdexp.run.console import PhaseProgress
+from kdexp.run.loop import Clock, Diverged, Loop, Phase
 
 N, BATCH = 40, 8
 

@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 
 from conftest import FAST, kdexp, run_experiment
 from kdexp import tracking
-from kdexp.cli import CONFIG_DIR
+from kdexp.cli.main import CONFIG_DIR
 from kdexp.report.table import teacher_note
-from kdexp.suggest import unknown_key
-from kdexp.tracking.names import job_name, split_overrides, sweep_name
+from kdexp.config.suggest import unknown_key
+from kdexp.tracking.job_names import job_name, split_overrides, sweep_name
 from kdexp.tracking.ui import KIND_TAG, SHARED_VIEW_PREFIX, TRAINING_KIND, rounded
 
 LINK_START = "http://127.0.0.1:5000/#/experiments/"
@@ -100,7 +100,7 @@ def test_a_new_store_is_announced_with_its_absolute_path(tmp_path, monkeypatch, 
     assert f"kdexp: new MLflow store: {tmp_path / 'elsewhere.db'}" in capsys.readouterr().out
     tracking.prepare(None, "kdexp")
     assert "new MLflow store" not in capsys.readouterr().out
-    assert tracking.store_location(None) == str(tmp_path / "elsewhere.db")
+    assert tracking.tracking_store_location(None) == str(tmp_path / "elsewhere.db")
 
 
 def test_a_store_entry_has_its_curves_and_links_to_the_run_that_trained_it(store):
@@ -210,7 +210,7 @@ def test_links_use_a_tracking_servers_own_address():
 
 
 def test_a_parent_describes_its_ranked_results_and_each_settings_means(store):
-    from kdexp.sweep import describe_parent
+    from kdexp.run.sweep import describe_parent
 
     parent = tracking.start_sweep(None, "kdexp", str(Path("outputs/multirun/y").absolute()),
                                   ["loss.temperature=2,8", "seed=0,1"], ["loss.temperature=2,8", "seed=0,1"], {})

@@ -12,16 +12,16 @@ MLflow is read through kdexp.tracking only.
 
 Modules: `values` (a job's swept values, from its overrides tag by Hydra's override parser),
 `table` (rows, ranking, seeds averaged), `files` (CSV, Markdown), `figures` (heatmaps, lines,
-scatter), `cli` (the command: read, print, write, log).
+scatter), `paired` and `stats` (paired comparisons), `plots` (learning curves). The command (read,
+print, write, log) is kdexp/cli/report.py.
 """
 
-from kdexp.report.cli import ARTIFACT_PATH, EXIT_BAD_INPUT, main, make_report, parser, print_table
 from kdexp.report.figures import ACC_PNG, GAIN_PNG, irregular, value_grid, write_plots
 from kdexp.report.files import CSV_NAME, MD_NAME, write_csv, write_markdown
 from kdexp.report.table import FINISHED, Entry, Metric, Report, ReportError, build, latest_per_job
 from kdexp.report.values import canonical, job_values, parse_overrides, show, split_overrides, swept_keys
 
-__all__ = ["ACC_PNG", "ARTIFACT_PATH", "CSV_NAME", "EXIT_BAD_INPUT", "Entry", "FINISHED", "GAIN_PNG", "MD_NAME",
+__all__ = ["ACC_PNG", "CSV_NAME", "Entry", "FINISHED", "GAIN_PNG", "MD_NAME",
            "Metric", "Report", "ReportError", "build", "canonical", "irregular", "job_values", "latest_per_job",
-           "main", "make_report", "parse_overrides", "parser", "print_table", "show", "split_overrides",
+           "parse_overrides", "show", "split_overrides",
            "swept_keys", "value_grid", "write_csv", "write_markdown", "write_plots"]

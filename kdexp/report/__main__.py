@@ -2,6 +2,6 @@
 
 import sys
 
-from kdexp.entry import report
+from kdexp.cli.entry import report
 
 sys.exit(report())

@@ -33,7 +33,7 @@ def irregular(report: Report) -> bool:
 
 
 def scatter_plots(report: Report, folder: Path, suffix: str, has_gain: bool) -> list[Path]:
-    from kdexp import plots
+    from kdexp.report import plots
 
     y_key, x_key = report.axes
     x = [e.values[x_key] for e in report.ranked]
@@ -53,7 +53,7 @@ def scatter_plots(report: Report, folder: Path, suffix: str, has_gain: bool) -> 
 
 def write_plots(report: Report, folder: Path) -> list[Path]:
     """Heatmaps over two swept keys, line plots over one; nothing for other shapes."""
-    from kdexp import plots
+    from kdexp.report import plots
 
     if len(report.axes) not in (1, 2) or not report.ranked:
         return []

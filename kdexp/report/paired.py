@@ -136,7 +136,7 @@ def protocol(paired: Paired) -> str:
 
 def write_paired(paired: Paired, folder: Path) -> list[Path]:
     """groups.csv/.md, comparisons.csv/.md and the KD-gain interval figure; returns the files."""
-    from kdexp import plots
+    from kdexp.report import plots
 
     head, rows = group_rows(paired)
     _csv(folder / GROUPS_CSV, head, rows)

@@ -12,7 +12,7 @@ MLflow itself is imported inside functions, so `kdexp --cfg job` and `--help` ne
 """
 
 from kdexp.tracking.connect import (DEFAULT_URI, check_local_store, git_commit, prepare, resolve_uri,
-                                    store_location, ui_hint)
+                                    tracking_store_location, ui_hint)
 from kdexp.tracking.imported import exported_state, load_model_state, model_version
 from kdexp.tracking.lookup import PreviousRun, find_run
 from kdexp.tracking.model_store import find_stored, save_stored
@@ -27,5 +27,5 @@ __all__ = [
     "DEFAULT_URI", "PreviousRun", "Run", "RunRecord", "SWEEP_ENV", "StoreError", "check_local_store",
     "end_sweep", "exported_state", "find_run", "load_model_state", "model_version", "find_stored", "find_sweep", "find_sweep_parent", "git_commit",
     "log_report_artifacts", "log_report_summary", "missing_local_store", "note_reused", "prepare", "resolve_uri", "save_stored",
-    "start_sweep", "sweep_children", "ui_hint", "store_location", "describe_sweep", "sweep_link", "adapt_note",
+    "start_sweep", "sweep_children", "ui_hint", "tracking_store_location", "describe_sweep", "sweep_link", "adapt_note",
 ]

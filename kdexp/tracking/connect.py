@@ -15,8 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Callable, Iterator
 
-from kdexp.config import ConfigError
-from kdexp.paths import unwritable
+from kdexp.config.checks import ConfigError
+from kdexp.config.paths import unwritable
 from kdexp.tracking.ui import KIND_TAG, TRAINING_KIND, TRAINING_VIEW, adapt_note, mark_training, ui_base
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -120,7 +120,7 @@ CREATING: dict[str, subprocess.Popen] = {}
 GO_AHEAD = b"create\n"
 
 
-def open_store(uri: str) -> None:
+def open_tracking_store(uri: str) -> None:
     """Create and migrate the store behind `uri` once per process, under the creation lock."""
     db = sqlite_path(uri)
     where = str(db.absolute()) if db is not None else uri  # a relative path is another file elsewhere
@@ -154,7 +154,7 @@ def open_store(uri: str) -> None:
     _READY.add(where)
 
 
-def store_location(uri: str | None) -> str:
+def tracking_store_location(uri: str | None) -> str:
     """The store as a user finds it again: a local database as its absolute path, else the URI."""
     uri = resolve_uri(uri)
     db = sqlite_path(uri)
@@ -184,7 +184,7 @@ def prepare(uri: str | None, experiment: str) -> tuple[str, str]:
     MLflow's current ones; returns (uri, experiment_id)."""
     uri = resolve_uri(uri)
     try:
-        open_store(uri)  # first: a child creating the store goes on while MLflow is imported
+        open_tracking_store(uri)  # first: a child creating the store goes on while MLflow is imported
         import mlflow
 
         mlflow.set_tracking_uri(uri)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from kdexp.config import ConfigError
+from kdexp.config.checks import ConfigError
 from kdexp.tracking.connect import client, resolve_uri
 from kdexp.tracking.model_store import find_stored
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from kdexp.config import flatten
+from kdexp.config.sections import flatten
 from kdexp.tracking.connect import client, experiment_id, search_all
 from kdexp.tracking.runs import PARAM_LIMIT
 from kdexp.tracking.ui import rounded

@@ -6,8 +6,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from kdexp.tracking.connect import prepare, store_location
-from kdexp.tracking.names import job_name_of
+from kdexp.tracking.connect import prepare, tracking_store_location
+from kdexp.tracking.job_names import job_name_of
 from kdexp.tracking.reader import record
 from kdexp.tracking.ui import TRAINING_VIEW, adapt_note, rounded, run_view, ui_base
 
@@ -115,7 +115,7 @@ class Run:
 
     def where(self) -> str:
         """The store, as an absolute path for a local one."""
-        return store_location(self.uri)
+        return tracking_store_location(self.uri)
 
     def ui_hint(self) -> str:
         """A link that shows this run's key figures in the run list; a sweep's job links to its

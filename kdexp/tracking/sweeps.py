@@ -9,8 +9,8 @@ import socket
 import time
 from pathlib import Path
 
-from kdexp.tracking.connect import client, git_commit, open_store, prepare, resolve_uri, search_all
-from kdexp.tracking.names import COMMON_KEYS_TAG, override_key, sweep_name
+from kdexp.tracking.connect import client, git_commit, open_tracking_store, prepare, resolve_uri, search_all
+from kdexp.tracking.job_names import COMMON_KEYS_TAG, override_key, sweep_name
 from kdexp.tracking.reader import REUSED_PREFIX, RunRecord, jobs_of, record
 from kdexp.tracking.runs import PARAM_LIMIT
 from kdexp.tracking.ui import KEY_METRICS, rounded, sweep_view
@@ -88,7 +88,7 @@ def note_reused(parent_id: str, overrides: list[str], run_id: str) -> None:
 def find_sweep_parent(experiment: str, sweep_dir: str, uri: str | None = None) -> str | None:
     """The newest parent run tagged with this sweep folder in the store `uri` (resolved as everywhere)."""
     uri = resolve_uri(uri)
-    open_store(uri)  # a job may be the first process to touch the store: create it under the lock
+    open_tracking_store(uri)  # a job may be the first process to touch the store: create it under the lock
     mlflow_client = client(uri)
     exp = mlflow_client.get_experiment_by_name(experiment)
     if exp is None:

@@ -1,0 +1,111 @@
+"""The loss of a student distilled from one frozen teacher through the config's methods: the logit
+method (`kd=`) and the feature method (`hint=`), with the features they ask for captured in the same
+forward passes (kdexp/distill/features.py) and their trainable parts handed to the phase.
+
+The teacher's logits come from `teacher_logits()` (the family's frozen logits: computed once for
+the training split and looked up by index) unless a method needs the teacher's features: then the
+teacher runs on every batch. It sees tensors, configs and a seed, never the run's context.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from kdexp.distill.features import Capture
+from kdexp.config.registry import HINT_METHODS, KD_METHODS
+from kdexp.distill.methods import Outputs
+from kdexp.distill.phase import Clock
+
+TeacherFn = Callable[[torch.Tensor, torch.Tensor], Outputs]
+FrozenLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _unique(names: list[str]) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+class ComposedLoss:
+    """`step_loss(x, y, idx)` for the phase, `parts` for its optimiser; a context manager that
+    removes its feature hooks when the phase is over.
+
+    `cfg`: the typed config (its `kd`, `hint` and `loss` sections); `teacher_logits()`: the frozen
+    teacher's `(x, idx) → logits`, asked for only when no method needs the teacher's features;
+    `probe`: two training inputs and their indices, from which the methods size their trainable
+    parts, drawn from `seed` (the student's init and batch order are untouched)."""
+
+    def __init__(self, cfg, student: nn.Module, teacher: nn.Module, teacher_logits: Callable[[], FrozenLogits],
+                 probe: tuple[torch.Tensor, torch.Tensor], seed: int, device: torch.device, clock: Clock):
+        self.student, self.clock = student, clock
+        self.kd = KD_METHODS[cfg.kd.name](cfg.kd, cfg.loss)
+        self.hint = None if HINT_METHODS[cfg.hint.name].plain(cfg.hint) else HINT_METHODS[cfg.hint.name](cfg.hint, cfg.loss)
+        self.terms = [t for t in (self.kd, self.hint) if t is not None]
+        for term in self.terms:
+            term.resolve(student, teacher)
+        student_layers = _unique([n for t in self.terms for n in t.student_layers()])
+        teacher_layers = _unique([n for t in self.terms for n in t.teacher_layers()])
+        self.student_capture = Capture(student, student_layers, "hint.student") if student_layers else None
+        self.teacher_capture = Capture(teacher, teacher_layers, "hint.teacher") if teacher_layers else None
+        self.teacher = self._teacher_fn(teacher, teacher_logits)
+        if student_layers or teacher_layers:
+            self._setup(probe, seed)
+        for term in self.terms:
+            term.to(device)
+
+    def _teacher_fn(self, teacher: nn.Module, teacher_logits: Callable[[], FrozenLogits]) -> TeacherFn:
+        if self.teacher_capture is None:
+            logits = teacher_logits()
+            return lambda x, idx: Outputs(logits(x, idx))
+        capture = self.teacher_capture
+        teacher.eval()
+
+        def per_batch(x: torch.Tensor, idx: torch.Tensor) -> Outputs:
+            with torch.no_grad():
+                return Outputs(teacher(x), dict(capture.features))
+        return per_batch
+
+    def _setup(self, probe: tuple[torch.Tensor, torch.Tensor], seed: int) -> None:
+        """Let the methods build their trainable parts from a probe batch's shapes, from a seed of
+        their own (the student's init and batch order are untouched)."""
+        x, idx = probe
+        was_training = self.student.training
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            student = self._student(x, eval_mode=True)
+            teacher = self.teacher(x, idx)
+            for term in self.terms:
+                term.setup(student, teacher)
+        self.student.train(was_training)
+
+    def _student(self, x: torch.Tensor, eval_mode: bool = False) -> Outputs:
+        if eval_mode:
+            self.student.eval()
+        logits = self.student(x)
+        return Outputs(logits, dict(self.student_capture.features) if self.student_capture else {})
+
+    @property
+    def parts(self) -> dict[str, nn.Module]:
+        """The terms that own parameters (a connector, a temperature), by config section."""
+        return {t.section(): t for t in self.terms if any(True for _ in t.parameters())}
+
+    def step_loss(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        student = self._student(x)
+        teacher = self.teacher(x, idx)
+        terms = self.kd((x, y, idx), self.clock, student, teacher)
+        if self.hint is not None:
+            hint = self.hint((x, y, idx), self.clock, student, teacher)["hint"]
+            terms = {**terms, "loss": terms["loss"] + self.hint.cfg.weight * hint, "hint": hint}
+        return terms
+
+    def close(self) -> None:
+        for capture in (self.student_capture, self.teacher_capture):
+            if capture is not None:
+                capture.close()
+
+    def __enter__(self) -> "ComposedLoss":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

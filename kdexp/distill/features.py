@@ -1,0 +1,70 @@
+"""Intermediate features taken in the same forward pass, by module name, with forward hooks.
+
+`layer_names(model)` lists the names a config may use (`stages.1`, `head.1`, `layer3.0.conv1`: the
+dotted paths of `model.named_modules()`), on kdexp's MLP/CNN, the CIFAR ResNets and any torchvision
+model alike. `Capture(model, names)` registers one hook per name; after each forward, `features`
+holds each named module's output. Hooks are removed on `close()` (or leaving the `with` block), so
+a model that is saved or shipped afterwards carries none.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kdexp.config.checks import ConfigError
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Every named submodule of `model`, in definition order."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def default_layer(model: nn.Module) -> str:
+    """The default feature layer: the output of the last stage (kdexp's models and the CIFAR
+    ResNets are `StagedNet`s: the last hidden layer of an MLP, the last conv block of a CNN, the
+    last residual stage of a ResNet)."""
+    stages = getattr(model, "stages", None)
+    if isinstance(stages, nn.ModuleList) and len(stages):
+        return f"stages.{len(stages) - 1}"
+    names = layer_names(model)
+    if not names:
+        raise ConfigError(f"{type(model).__name__} has no submodules to take features from")
+    return names[-1]
+
+
+def find_layer(model: nn.Module, name: str, key: str) -> nn.Module:
+    """`model`'s submodule `name`, or a one-line ConfigError naming `key` and the allowed names."""
+    modules = dict(model.named_modules())
+    if not name or name not in modules:
+        names = layer_names(model)
+        shown = ", ".join(names if len(names) <= 40 else names[:40] + [f"... ({len(names)} in all)"])
+        raise ConfigError(f"{key}={name!r} is not a layer of this model; its layers: {shown}")
+    return modules[name]
+
+
+class Capture:
+    """Forward hooks on `names` of `model`; `features[name]` is the latest output of each."""
+
+    def __init__(self, model: nn.Module, names: list[str], key: str = "layer"):
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles = []
+        for name in names:
+            module = find_layer(model, name, key)
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        def keep(module: nn.Module, inputs, output) -> None:
+            self.features[name] = output
+        return keep
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> "Capture":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,115 @@
+"""What every distillation term shares: the `Outputs` it sees, the `Method` base class, its checks.
+
+A term is an `nn.Module` (so the trainable parts it owns, a connector or a temperature, are its
+parameters: the phase optimises and checkpoints them). It is built from its config section (`kd` or
+`hint`) and the family's `loss` section, asks for the student's and teacher's features by module
+name, and maps a step to named loss terms:
+
+    term(batch, clock, student, teacher) -> {name: tensor}
+
+`batch` = (x, y, idx), `clock` = epoch/step/epochs (`train.Clock`), `student` / `teacher` =
+`Outputs` (logits, and the features asked for). A logit term (`kd=`) returns the family's whole
+loss under `loss` (with `ce` and its own parts); a feature term (`hint=`) returns its value under
+`hint`, which the distiller adds with the term's `weight`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from kdexp.config.registry import HINT_METHODS, KD_METHODS
+from kdexp.config.checks import require_temperature, require_weight
+
+
+@dataclass
+class Outputs:
+    """A model's logits for a batch and the features (by module name) a term asked for."""
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    name: ClassVar[str] = ""
+    schema: ClassVar[type]
+    # Keys of the schema that are temperatures / non-negative weights: checked by `check`.
+    temperatures: ClassVar[tuple[str, ...]] = ()
+    weights: ClassVar[tuple[str, ...]] = ()
+    # Keys of the family's `loss` section this method reads (kd=hinton: temperature and alpha).
+    # One owner per setting: any other family key it would shadow is ignored with this method,
+    # and `instead_of` names the method's own key to set instead (`temperature` → `kd.temperature`).
+    family_keys: ClassVar[tuple[str, ...]] = ()
+    instead_of: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, cfg, loss_cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.loss_cfg = loss_cfg
+
+    @classmethod
+    def section(cls) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def typed(cls, section):
+        """The section once merged into `schema` (validation calls it before any `check`)."""
+        return section
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Cross-field checks on the whole typed config (ConfigError, one line)."""
+        own = cfg[cls.section()]
+        for key in cls.temperatures:
+            require_temperature(f"{cls.section()}.{key}", own[key])
+        for key in cls.weights:
+            require_weight(f"{cls.section()}.{key}", own[key])
+
+    @classmethod
+    def plain(cls, cfg) -> bool:
+        """Whether this term (with these settings) computes what kdexp computed before terms
+        existed (Hinton on raw logits, no feature term): the only choice of a family that does
+        not compose terms."""
+        return False
+
+    # --- what the term needs ---
+    def student_layers(self) -> list[str]:
+        return []
+
+    def teacher_layers(self) -> list[str]:
+        return []
+
+    def resolve(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Fix layer names that default to the model's own (called once the models exist)."""
+
+    def setup(self, student: Outputs, teacher: Outputs) -> None:
+        """Build trainable parts from a probe batch's shapes (called once, before training)."""
+
+    def forward(self, batch, clock, student: Outputs, teacher: Outputs) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class LogitMethod(Method):
+    """A `kd=` term: the family's whole loss from the student's and the teacher's logits."""
+
+    @classmethod
+    def section(cls) -> str:
+        return "kd"
+
+
+class FeatureMethod(Method):
+    """A `hint=` term: a distance between a student and a teacher feature, added with `weight`."""
+
+    weights = ("weight",)
+
+    @classmethod
+    def section(cls) -> str:
+        return "hint"
+
+
+def is_plain(cfg: Any) -> bool:
+    """Whether the config's kd and hint terms are the ones every family supports."""
+    return KD_METHODS[cfg.kd.name].plain(cfg.kd) and HINT_METHODS[cfg.hint.name].plain(cfg.hint)

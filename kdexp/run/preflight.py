@@ -1,0 +1,66 @@
+"""Fit checks, before any run starts: every model of the experiment takes the data's inputs, and
+the distillation terms find the layers they name, with features of a shape they can use."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from kdexp.data import memory as data_mod
+from kdexp.models import factory as models_mod
+from kdexp.distill.features import Capture
+from kdexp.config.registry import FAMILIES, SECTIONS
+from kdexp.config.checks import ConfigError
+from kdexp.distill.methods import Outputs
+
+# The config sections that name a distillation term.
+_METHOD_SECTIONS = ("kd", "hint")
+
+
+def _model_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+    """Every model config in the experiment: teacher, student, and the lists some families add."""
+    found = {"teacher": cfg.teacher, "student": cfg.student}
+    for key, value in cfg.loss.items():
+        if OmegaConf.is_list(value):
+            found.update({f"loss.{key}[{i}]": m for i, m in enumerate(value)
+                          if OmegaConf.is_dict(m) and "name" in m})
+    return found
+
+
+def check_models_fit(cfg: DictConfig, dataset: data_mod.Dataset) -> None:
+    """Build every model once and push two samples through it, so that a model that does not fit
+    the data's shape is refused in one line before any run starts."""
+    sample = dataset.train.x[:2]
+    for where, model_cfg in _model_configs(cfg).items():
+        try:
+            model = models_mod.build(model_cfg, dataset.input_shape, dataset.num_classes, seed=0)
+            with torch.no_grad():
+                model.eval()(sample)
+        except ConfigError as err:  # the builder names the section "model."; say which one it is
+            raise ConfigError(str(err).replace("model.", f"{where}.", 1)) from None
+        except (RuntimeError, ValueError) as err:
+            cause = " ".join(str(err).split())[:200]
+            raise ConfigError(f"{where}={models_mod.describe(model_cfg)} does not fit {cfg.data.name} "
+                              f"inputs {tuple(dataset.input_shape)}: {cause}") from None
+
+
+
+
+def check_terms_fit(cfg: DictConfig, dataset: data_mod.Dataset) -> None:
+    """Build the terms on the teacher and the student and push two samples through them: a layer
+    the model does not have, or features a term cannot use, are refused in one line."""
+    terms = [SECTIONS[s][cfg[s].name](cfg[s], cfg.loss) for s in _METHOD_SECTIONS]
+    terms = [t for t in terms if not t.plain(t.cfg)]
+    if not terms:
+        return
+    sample = dataset.train.x[:2]
+    student = models_mod.build(cfg.student, dataset.input_shape, dataset.num_classes, seed=0).eval()
+    teacher_cfg = FAMILIES[cfg.loss.name].term_teacher(cfg)
+    teacher = models_mod.build(teacher_cfg, dataset.input_shape, dataset.num_classes, seed=0).eval()
+    for term in terms:
+        term.resolve(student, teacher)
+        with Capture(student, term.student_layers(), "hint.student") as s_cap, \
+                Capture(teacher, term.teacher_layers(), "hint.teacher") as t_cap, torch.no_grad():
+            s_out = Outputs(student(sample), dict(s_cap.features))
+            t_out = Outputs(teacher(sample), dict(t_cap.features))
+            term.setup(s_out, t_out)
