@@ -17,6 +17,25 @@ PINNED_RUN_KEYS = {
     ("loss=multi_teacher",): "b13129febdd91157154a0a02",
     ("loss=online",): "a87d7322bc6d3162c913b03f",
 }
+# Issue 21 (one owner per setting) changed which settings enter a run key: the configs that compute
+# what they computed before keep their keys. Computed with the tree before it (commit 7ea75b8).
+PINNED_RUN_KEYS.update({
+    ('kd=dkd',): "6322e86edc5332c2f15b0f27",
+    ('kd=dist',): "a304f3a86e1e834d9e475bb3",
+    ('kd=ls',): "dfe73463ceec1572e202c472",
+    ('kd=ctkd',): "79ba411ebfadb8671428edc2",
+    ('hint=fitnets',): "abe890bed65adbfa22d9dd76",
+    ('hint=at', 'model@student=cnn'): "d91b817638c83f81cfee5ff1",
+    ('kd=dkd', 'hint=fitnets'): "1c9fe5922f6772072f8241c7",
+    ('loss=self', 'loss.mode=born_again'): "e456fa1983c49f77eb312179",
+    ('loss=self', 'loss.mode=born_again', 'kd=dkd'): "a60eb958a7059fa7daf24688",
+    ('loss=none',): "b64b92fc672d75f4f7b795f3",
+    ('experiment=cifar100_resnet32x4_resnet8x4',): "c4571f77138f7191b0f5e7e8",
+    ('experiment=born_again',): "e7d927ebd62abe7028db0d00",
+    ('experiment=dml',): "f46d8c4eb1e3bee5e00f7d19",
+    ('experiment=ensemble_teachers',): "bf3fcc5fee1720986d519b91",
+    ('kd=dkd', 'kd.temperature=2'): "4ae6bb8e77dc977324995f01",
+})
 # (teacher store key, baseline store key) of the standard family.
 PINNED_STORE_KEYS = {
     (): ("7d22bb777b70a8f640c23826", "c48ea8e7969d3f434814acf3"),

@@ -7,6 +7,7 @@ Imports under `if TYPE_CHECKING:` do not run, so they do not count."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import kdexp
@@ -123,6 +124,48 @@ def test_the_model_families_do_not_import_the_builder():
     graph = import_graph(PACKAGE_DIR, "kdexp")
     assert "kdexp.models.factory" not in graph["kdexp.models.resnets"] | graph["kdexp.models.tv_models"]
     assert {"kdexp.models.resnets", "kdexp.models.tv_models", "kdexp.models.staged"} <= graph["kdexp.models.factory"]
+
+
+# docs/architecture.md, "Layers": a package imports only packages of a lower layer.
+LAYERS = {"config": 0, "data": 1, "models": 1, "tracking": 1, "distill": 2, "report": 2, "run": 3, "cli": 4}
+
+
+def layer_violations(graph: dict[str, set[str]], layers: dict[str, int]) -> list[str]:
+    """Imports from a package into one of the same or a higher layer (`__main__` entry points and
+    the top-level modules of the package stand outside the layers)."""
+    def package(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 2 and parts[-1] != "__main__" else None
+
+    found = []
+    for source, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            a, b = package(source), package(target)
+            if a is not None and b is not None and a != b and layers[b] >= layers[a]:
+                found.append(f"{source} → {target}")
+    return found
+
+
+def test_every_import_goes_down_the_layers_of_the_architecture():
+    graph = import_graph(PACKAGE_DIR, "kdexp")
+    packages = {name.split(".")[1] for name in graph if name.count(".") >= 1 and
+                (PACKAGE_DIR / name.split(".")[1]).is_dir()}
+    assert packages == set(LAYERS), "docs/architecture.md's layers name every subpackage of kdexp"
+    assert layer_violations(graph, LAYERS) == []
+    doc = (PACKAGE_DIR.parent / "docs" / "architecture.md").read_text()
+    for package, layer in LAYERS.items():
+        assert re.search(rf"^{layer}  {package}/", doc, re.M), f"{package}/ is on layer {layer} in the doc"
+
+
+def test_an_import_up_or_across_a_layer_is_a_violation(tmp_path):
+    pkg = _package(tmp_path, {
+        "__init__.py": "", "low/__init__.py": "", "mid/__init__.py": "", "top/__init__.py": "",
+        "low/a.py": "", "mid/b.py": "from pkg.low import a\n", "mid/c.py": "def f():\n    from pkg.top import d\n",
+        "top/d.py": "from pkg.mid import b\n", "top/__main__.py": "import pkg.top.d\n",
+    })
+    graph = import_graph(pkg, "pkg")
+    assert layer_violations(graph, {"low": 0, "mid": 1, "top": 2}) == ["pkg.mid.c → pkg.top.d"]
+    assert layer_violations(graph, {"low": 0, "mid": 1, "top": 1}) == ["pkg.mid.c → pkg.top.d", "pkg.top.d → pkg.mid.b"]
 
 
 def _package(root: Path, files: dict[str, str]) -> Path:
