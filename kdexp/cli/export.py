@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from kdexp.cli.main import EXIT_BAD_INPUT
+from kdexp.cli.exits import EXIT_BAD_INPUT
 from kdexp.config.checks import ConfigError
 
 DESCRIPTION = ("Write a model kdexp trained as a plain state-dict file: a run's teacher (its model store "

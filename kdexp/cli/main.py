@@ -18,12 +18,10 @@ import hydra
 from omegaconf import DictConfig
 
 from kdexp.config.checks import ConfigError
+from kdexp.cli.exits import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED
 from kdexp.config.paths import CONFIG_DIR
 
 
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
-EXIT_TERMINATED = 143  # 128 + SIGTERM
 RESUME_HINT = "the run is marked KILLED and its checkpoint kept: run the same command to resume"
 
 

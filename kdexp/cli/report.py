@@ -10,6 +10,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
+from kdexp.cli.exits import EXIT_BAD_INPUT
 from kdexp.report.figures import ACC_PNG, GAIN_PNG, write_plots
 from kdexp.report.files import CSV_NAME, MD_NAME, write_csv, write_markdown
 from kdexp.report.paired import (COMPARISONS_CSV, COMPARISONS_MD, GAIN_CI_PNG, GROUPS_CSV, GROUPS_MD, METRICS, Paired,
@@ -17,7 +18,6 @@ from kdexp.report.paired import (COMPARISONS_CSV, COMPARISONS_MD, GAIN_CI_PNG, G
                                  write_paired)
 from kdexp.report.table import FINISHED, Report, ReportError, build, headers, rows, title
 
-EXIT_BAD_INPUT = 2
 ARTIFACT_PATH = "report"
 DESCRIPTION = "kdexp-report: compare the jobs of a sweep."
 
