@@ -48,7 +48,7 @@ class Scaled(LogitMethod):
 def test_one_module_and_one_yaml_file_make_a_method(tmp_path):
     shutil.copytree(ROOT / "kdexp", tmp_path / "kdexp", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "conf", tmp_path / "conf")
-    (tmp_path / "kdexp" / "terms" / "scaled.py").write_text(MODULE)
+    (tmp_path / "kdexp" / "distill" / "methods" / "scaled.py").write_text(MODULE)
     (tmp_path / "conf" / "kd" / "scaled.yaml").write_text("name: scaled\ntemperature: 2.0\nkd_weight: 0.5\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     env.pop("HYDRA_FULL_ERROR", None)
@@ -64,3 +64,7 @@ def test_one_module_and_one_yaml_file_make_a_method(tmp_path):
     assert refused.returncode == 2 and "kd.kd_weight=-1.0 is not allowed" in refused.stderr
     unknown = kdexp("kd=nope", *FAST)
     assert unknown.returncode == 2 and "allowed: ctkd, dist, dkd, hinton, ls, scaled" in unknown.stderr
+    shadowed = kdexp("kd=scaled", "loss.temperature=8", *FAST)  # the method owns its temperature
+    assert shadowed.returncode == 2 and shadowed.stderr == (
+        "kdexp: error: loss.temperature has no effect with kd=scaled; use kd=scaled's own keys: "
+        "kd.temperature, kd.kd_weight\n")

@@ -31,7 +31,7 @@ NOT_IDENTITY: dict[str, tuple[str, ...] | None] = {
 # Keys added after the first release → the value that reproduces the earlier behaviour, by dotted
 # path from the top of a run's config.
 ADDED: dict[str, Any] = {
-    # issue 11: the logit term and the feature term; hinton on raw logits and no feature term
+    # issue 11: the logit method and the feature method; hinton on raw logits and no feature method
     # are what every earlier run computed.
     "kd.name": "hinton",
     "kd.standardize": False,

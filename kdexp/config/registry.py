@@ -1,4 +1,4 @@
-"""The registries by name: loss families (`loss=`), logit terms (`kd=`) and feature terms (`hint=`).
+"""The registries by name: loss families (`loss=`), logit methods (`kd=`) and feature methods (`hint=`).
 
 A leaf module (it imports nothing of kdexp): the classes register themselves when their module is
 imported (`kdexp/distill/catalog.py` imports every family and term), and the schema check, the run code

@@ -145,7 +145,7 @@ def _staged(model: nn.Module, x: torch.Tensor) -> StagedNet:
         if isinstance(m, cls):
             if isinstance(m, tvm.SwinTransformer):
                 # Swin works channels-last; its stages are wrapped so that every stage output is
-                # (N, C, H, W) like every other net's (what exit heads and feature terms expect).
+                # (N, C, H, W) like every other net's (what exit heads and feature methods expect).
                 stages = [_seq(Permute([0, 2, 3, 1]) if i else None, *stage, Permute([0, 3, 1, 2]))
                           for i, stage in enumerate(_split_by_resolution(m.features, x, channels_last=True))]
                 return StagedNet(stages, head())

@@ -26,7 +26,7 @@ from kdexp.run.teacher_import import check_checkpoints
 
 
 def check_models_fit(cfg, dataset) -> None:
-    """Every model takes the data's inputs, and the distillation terms find their layers."""
+    """Every model takes the data's inputs, and the distillation methods find their layers."""
     _check_models_fit(cfg, dataset)
     check_terms_fit(cfg, dataset)
 

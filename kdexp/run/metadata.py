@@ -1,5 +1,5 @@
 """What a run is called, tagged and logs as params: its teacher and student as its family uses them
-(each family's `roles`), the loss family, the distillation terms, the data set, the overrides, and
+(each family's `roles`), the loss family, the distillation methods, the data set, the overrides, and
 the resolved config without the keys that do not apply to its family."""
 
 from __future__ import annotations

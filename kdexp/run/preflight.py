@@ -1,5 +1,5 @@
 """Fit checks, before any run starts: every model of the experiment takes the data's inputs, and
-the distillation terms find the layers they name, with features of a shape they can use."""
+the distillation methods find the layers they name, with features of a shape they can use."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from kdexp.config.registry import FAMILIES, SECTIONS
 from kdexp.config.checks import ConfigError
 from kdexp.distill.methods import Outputs
 
-# The config sections that name a distillation term.
+# The config sections that name a distillation method.
 _METHOD_SECTIONS = ("kd", "hint")
 
 
@@ -55,7 +55,7 @@ def check_terms_fit(cfg: DictConfig, dataset: data_mod.Dataset) -> None:
         return
     sample = dataset.train.x[:2]
     student = models_mod.build(cfg.student, dataset.input_shape, dataset.num_classes, seed=0).eval()
-    teacher_cfg = FAMILIES[cfg.loss.name].term_teacher(cfg)
+    teacher_cfg = FAMILIES[cfg.loss.name].method_teacher(cfg)
     teacher = models_mod.build(teacher_cfg, dataset.input_shape, dataset.num_classes, seed=0).eval()
     for term in terms:
         term.resolve(student, teacher)

@@ -2,7 +2,7 @@
 
 A family is one module: its config schema (`schema`, the `loss` section), its cross-field checks
 (`check`), what the tags call its teacher and student (`roles`), whether it composes the `kd=` /
-`hint=` terms (`composes_terms`, refined per config by `composes`), and `run`. It registers by
+`hint=` terms (`composes_methods`, refined per config by `composes`), and `run`. It registers by
 name in `registry.FAMILIES`.
 """
 
@@ -42,17 +42,17 @@ class Family:
 
     name: ClassVar[str] = ""
     schema: ClassVar[type]
-    # Whether the kd= and hint= terms apply; a family that does not compose them refuses any but
+    # Whether the kd= and hint= methods apply; a family that does not compose them refuses any but
     # the plain ones (kd=hinton, hint=none) in one line.
-    composes_terms: ClassVar[bool] = False
+    composes_methods: ClassVar[bool] = False
 
     @classmethod
     def composes(cls, cfg) -> bool:
-        """Whether the kd= and hint= terms apply to this family with these settings."""
-        return cls.composes_terms
+        """Whether the kd= and hint= methods apply to this family with these settings."""
+        return cls.composes_methods
 
     @classmethod
-    def term_teacher(cls, cfg):
+    def method_teacher(cls, cfg):
         """The model config the terms distil from (for the fit checks of their layers)."""
         return cfg.teacher
 
@@ -75,8 +75,8 @@ class Family:
                     f"(loss=multi_teacher: loss.teachers=[{{name: ..., checkpoint: ...}}])")
         if not cls.composes(cfg) and not is_plain(cfg):
             key = "hint" if is_plain_kd(cfg) else "kd"
-            composing = ", ".join(f"loss={n}" for n, c in FAMILIES.items() if c.composes_terms)
-            require(False, key, OmegaConf.to_container(cfg[key]), f"loss={cls.name} does not compose distillation terms "
+            composing = ", ".join(f"loss={n}" for n, c in FAMILIES.items() if c.composes_methods)
+            require(False, key, OmegaConf.to_container(cfg[key]), f"loss={cls.name} does not compose distillation methods "
                     f"here (only {composing} does); use kd=hinton hint=none with loss={cls.name}")
 
     # Keys of the `loss` section that the family hands to the logit method where it composes
@@ -101,8 +101,9 @@ class Family:
         method = KD_METHODS[cfg.kd.name]
         for key in cls.method_keys:
             if key not in method.family_keys:
-                use = method.instead_of.get(key)
-                ignored[f"loss.{key}"] = f"with kd={method.name}" + (f"; use {use}" if use else "")
+                own = ", ".join(f"kd.{k}" for k in method.schema.__dataclass_fields__ if k != "name")
+                use = method.instead_of.get(key) or f"kd={method.name}'s own keys: {own or 'none'}"
+                ignored[f"loss.{key}"] = f"with kd={method.name}; use {use}"
         return ignored
 
     @classmethod

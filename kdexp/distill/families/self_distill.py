@@ -47,7 +47,7 @@ class SelfLossConfig:
 class SelfDistillation(Family):
     name = "self"
     schema = SelfLossConfig
-    composes_terms = True  # in mode=born_again: each generation is distilled through kd= and hint=
+    composes_methods = True  # in mode=born_again: each generation is distilled through kd= and hint=
     method_keys = ("temperature", "alpha")  # born_again: kd=hinton's T and alpha
 
     @classmethod
@@ -80,7 +80,7 @@ class SelfDistillation(Family):
         return cfg.loss.mode == "born_again"
 
     @classmethod
-    def term_teacher(cls, cfg):
+    def method_teacher(cls, cfg):
         return cfg.student  # generation k teaches generation k+1, the same architecture
 
     def run(self) -> Outcome:

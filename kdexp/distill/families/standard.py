@@ -1,5 +1,5 @@
 """`loss=standard`: one frozen teacher distilled into one student, as in the source article, through
-the config's logit term (`kd=`, default hinton: alpha · CE + (1 − alpha) · T² · KL) and feature term
+the config's logit method (`kd=`, default hinton: alpha · CE + (1 − alpha) · T² · KL) and feature method
 (`hint=`, default none): see kdexp/distill/methods/ and kdexp/distill/compose.py."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class StandardLossConfig:
 class Standard(Family):
     name = "standard"
     schema = StandardLossConfig
-    composes_terms = True
+    composes_methods = True
     uses_teacher = True
     method_keys = ("temperature", "alpha")  # kd=hinton's T and alpha
 

@@ -1,7 +1,7 @@
-"""Distillation terms, one file each: logit terms (`kd=`) and feature terms (`hint=`).
+"""Distillation methods, one file each: logit methods (`kd=`) and feature methods (`hint=`).
 
-Importing this package imports every module in it, and each registers its term by name
-(kdexp/config/registry.py): adding a term is adding a module here and its YAML file in conf/kd/ or conf/hint/.
+Importing this package imports every module in it, and each registers its method by name
+(kdexp/config/registry.py): adding a method is adding a module here and its YAML file in conf/kd/ or conf/hint/.
 """
 
 import importlib

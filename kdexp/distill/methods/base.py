@@ -1,16 +1,16 @@
-"""What every distillation term shares: the `Outputs` it sees, the `Method` base class, its checks.
+"""What every distillation method shares: the `Outputs` it sees, the `Method` base class, its checks.
 
-A term is an `nn.Module` (so the trainable parts it owns, a connector or a temperature, are its
+A method is an `nn.Module` (so the trainable parts it owns, a connector or a temperature, are its
 parameters: the phase optimises and checkpoints them). It is built from its config section (`kd` or
 `hint`) and the family's `loss` section, asks for the student's and teacher's features by module
 name, and maps a step to named loss terms:
 
-    term(batch, clock, student, teacher) -> {name: tensor}
+    method(batch, clock, student, teacher) -> {name: tensor}
 
-`batch` = (x, y, idx), `clock` = epoch/step/epochs (`train.Clock`), `student` / `teacher` =
-`Outputs` (logits, and the features asked for). A logit term (`kd=`) returns the family's whole
-loss under `loss` (with `ce` and its own parts); a feature term (`hint=`) returns its value under
-`hint`, which the distiller adds with the term's `weight`.
+`batch` = (x, y, idx), `clock` = epoch/step/epochs (`distill.phase.Clock`), `student` / `teacher` =
+`Outputs` (logits, and the features asked for). A logit method (`kd=`) returns the family's whole
+loss under `loss` (with `ce` and its own parts); a feature method (`hint=`) returns its value under
+`hint`, which the composed loss (kdexp/distill/compose.py) adds with the method's `weight`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from kdexp.config.checks import require_temperature, require_weight
 
 @dataclass
 class Outputs:
-    """A model's logits for a batch and the features (by module name) a term asked for."""
+    """A model's logits for a batch and the features (by module name) a method asked for."""
 
     logits: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -70,12 +70,12 @@ class Method(nn.Module):
 
     @classmethod
     def plain(cls, cfg) -> bool:
-        """Whether this term (with these settings) computes what kdexp computed before terms
-        existed (Hinton on raw logits, no feature term): the only choice of a family that does
-        not compose terms."""
+        """Whether this method (with these settings) computes what kdexp computed before methods
+        existed (Hinton on raw logits, no feature method): the only choice of a family that does
+        not compose methods."""
         return False
 
-    # --- what the term needs ---
+    # --- what the method needs ---
     def student_layers(self) -> list[str]:
         return []
 
@@ -93,7 +93,7 @@ class Method(nn.Module):
 
 
 class LogitMethod(Method):
-    """A `kd=` term: the family's whole loss from the student's and the teacher's logits."""
+    """A `kd=` method: the family's whole loss from the student's and the teacher's logits."""
 
     @classmethod
     def section(cls) -> str:
@@ -101,7 +101,7 @@ class LogitMethod(Method):
 
 
 class FeatureMethod(Method):
-    """A `hint=` term: a distance between a student and a teacher feature, added with `weight`."""
+    """A `hint=` method: a distance between a student and a teacher feature, added with `weight`."""
 
     weights = ("weight",)
 
@@ -111,5 +111,5 @@ class FeatureMethod(Method):
 
 
 def is_plain(cfg: Any) -> bool:
-    """Whether the config's kd and hint terms are the ones every family supports."""
+    """Whether the config's kd and hint methods are the ones every family supports."""
     return KD_METHODS[cfg.kd.name].plain(cfg.kd) and HINT_METHODS[cfg.hint.name].plain(cfg.hint)

@@ -1,4 +1,4 @@
-"""What the feature terms share: their config keys (which layer of each model, the weight) and the
+"""What the feature methods share: their config keys (which layer of each model, the weight) and the
 resolution of a layer left unset to the model's default (`features.default_layer`)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from kdexp.distill.methods.base import FeatureMethod
 
 
 class LayerPairMethod(FeatureMethod):
-    """A feature term on one student layer and one teacher layer, named by module path
+    """A feature method on one student layer and one teacher layer, named by module path
     (`hint.student`, `hint.teacher`; null = the model's last stage)."""
 
     @classmethod

@@ -1,4 +1,4 @@
-"""`hint=none` (the default): no feature term; the family's loss is the logit term's alone."""
+"""`hint=none` (the default): no feature method; the family's loss is the logit method's alone."""
 
 from __future__ import annotations
 
