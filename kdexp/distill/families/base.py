@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from kdexp.config.checks import require
+from kdexp.config.models import model_list
 from kdexp.config.registry import FAMILIES, KD_METHODS
 from kdexp.distill.compose import ComposedLoss
 from kdexp.distill.functional import ensemble_probs
@@ -59,10 +60,15 @@ class Family:
     # Whether the family distils from `cfg.teacher` (so that `teacher.checkpoint` means something).
     uses_teacher: ClassVar[bool] = False
 
+    # Keys of the `loss` section that hold lists of model configs (`loss.teachers`, `loss.peers`).
+    model_lists: ClassVar[tuple[str, ...]] = ()
+
     @classmethod
     def typed(cls, section):
         """The `loss` section once merged into `schema`, with what a schema cannot type typed
-        (lists of model configs); validation calls it before any `check`."""
+        (each of `model_lists` as typed model configs); validation calls it before any `check`."""
+        for key in cls.model_lists:
+            section[key] = model_list(f"loss.{key}", section[key])
         return section
 
     @classmethod

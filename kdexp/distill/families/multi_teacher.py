@@ -8,7 +8,6 @@ from typing import Any, Optional
 
 from kdexp.distill.functional import AGGREGATES, multi_teacher
 from kdexp.distill.families.base import Family, Outcome, register
-from kdexp.config.models import model_list
 from kdexp.models.factory import count_params, describe
 from kdexp.config.checks import require
 from kdexp.distill.phase import Phase
@@ -32,12 +31,8 @@ class MultiTeacherLossConfig:
 class MultiTeacher(Family):
     name = "multi_teacher"
     schema = MultiTeacherLossConfig
+    model_lists = ("teachers",)
 
-    @classmethod
-    def typed(cls, section):
-        """`loss.teachers` as a list of typed model configs."""
-        section.teachers = model_list("loss.teachers", section.teachers)
-        return section
 
     @classmethod
     def check(cls, cfg) -> None:

@@ -9,7 +9,6 @@ from typing import Any
 
 from kdexp.distill.functional import ONLINE_MODES, mutual
 from kdexp.distill.families.base import Family, Outcome, register
-from kdexp.config.models import model_list
 from kdexp.models.factory import count_params, describe
 from kdexp.config.checks import require
 from kdexp.distill.phase import Phase
@@ -31,12 +30,8 @@ class OnlineLossConfig:
 class Online(Family):
     name = "online"
     schema = OnlineLossConfig
+    model_lists = ("peers",)
 
-    @classmethod
-    def typed(cls, section):
-        """`loss.peers` as a list of typed model configs."""
-        section.peers = model_list("loss.peers", section.peers)
-        return section
 
     @classmethod
     def check(cls, cfg) -> None:
