@@ -47,7 +47,7 @@ BAD = [
     ("infinite temperature", ["loss.temperature=inf"], "loss.temperature=inf is not allowed; must be a finite number in (0, 100]"),
     ("huge temperature", ["loss.temperature=1e9"], "loss.temperature"),
     ("fractional seed", ["seed=1.5"], "seed=1.5 is not allowed; must be an integer"),
-    ("term with another family", ["loss=online", "kd=dist"], "loss=online does not compose distillation terms"),
+    ("method with another family", ["loss=online", "kd=dist"], "loss=online does not compose distillation methods"),
 ]
 
 

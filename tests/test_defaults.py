@@ -1,5 +1,5 @@
 """One source of defaults (issue 15 §3): the YAML option named like a schema repeats that schema's
-defaults exactly, for every group (families and distillation terms included), so that a value never
+defaults exactly, for every group (families and distillation methods included), so that a value never
 means one thing in `kdexp --cfg job` and another in the dataclass."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""The distillation terms (kdexp/distill/methods/) against independent re-computations of their papers'
+"""The distillation methods (kdexp/distill/methods/) against independent re-computations of their papers'
 formulas on fixed tensors, and where gradients go."""
 
 

@@ -57,7 +57,7 @@ BAD = [
     (["hint=at"], "model@student"),
     (["hint=at", "model@student=cnn", "model@teacher=mlp"], "model@teacher"),
     (["loss=online", "kd=dkd"], "kd={'name': 'dkd'"),
-    (["loss=self", "kd=dkd"], "loss=self does not compose distillation terms here"),
+    (["loss=self", "kd=dkd"], "loss=self does not compose distillation methods here"),
     (["loss=multi_teacher", "hint=fitnets"], "hint={'name': 'fitnets'"),
     (["loss=none", "kd=hinton", "kd.standardize=true"], "'standardize': True}"),
     (["+kd.nope=1"], "kd.nope"),

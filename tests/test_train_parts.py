@@ -1,4 +1,4 @@
-"""The loop's support for distillation terms: trainable parts optimised and checkpointed (resume
+"""The loop's support for distillation methods: trainable parts optimised and checkpointed (resume
 is exact), the clock terms read, and a diverged phase stopped as a failure."""
 
 from __future__ import annotations
