@@ -18,7 +18,9 @@ from omegaconf import OmegaConf
 import kdexp
 from conftest import compose_raw
 from kdexp.cli.main import check_group_choices
-from kdexp.config.sections import ConfigError, validate
+from kdexp.config.checks import ConfigError
+from kdexp.config.owners import refuse_ignored
+from kdexp.config.sections import validate
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 ARCHITECTURE = README.parent / "docs" / "architecture.md"
@@ -143,7 +145,7 @@ def error_line(args: list[str], capsys) -> str:
     """The one line kdexp prints for a bad command, from its checks before any work."""
     try:
         check_group_choices(args)
-        validate(compose_raw(args))
+        refuse_ignored([validate(compose_raw(args))], args)
     except SystemExit:
         return capsys.readouterr().err.strip()
     except ConfigError as err:
