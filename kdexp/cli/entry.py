@@ -69,7 +69,7 @@ def kdexp() -> object:
 
 
 def report() -> object:
-    return run("kdexp.report")
+    return run("kdexp.cli.report")
 
 
 def export() -> object:
