@@ -1,5 +1,5 @@
 """What a run is called, tagged and logs as params: its teacher and student as its family uses them
-(each family's `roles`), the loss family, the distillation methods, the data set, the overrides, and
+(each family's `pair_labels`), the loss family, the distillation methods, the data set, the overrides, and
 the resolved config without the keys that do not apply to its family."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from kdexp.config.sections import flatten
 from kdexp.config.registry import FAMILIES
 
 
-def _roles(cfg: DictConfig) -> tuple[str, str]:
-    return FAMILIES[cfg.loss.name].roles(cfg)
+def _pair_labels(cfg: DictConfig) -> tuple[str, str]:
+    return FAMILIES[cfg.loss.name].pair_labels(cfg)
 
 
 def run_tags(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
     from kdexp.tracking import git_commit
 
-    teacher, student = _roles(cfg)
+    teacher, student = _pair_labels(cfg)
     tags = {
         "loss_family": cfg.loss.name,
         "kd": cfg.kd.name,
@@ -37,7 +37,7 @@ def run_tags(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
 def default_run_name(cfg: DictConfig, overrides: list[str]) -> str:
     if overrides:
         return " ".join(overrides)
-    teacher, student = _roles(cfg)
+    teacher, student = _pair_labels(cfg)
     return f"{cfg.loss.name} {teacher}→{student}"
 
 

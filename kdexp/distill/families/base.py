@@ -1,7 +1,7 @@
 """What every loss family shares: the `Family` base class, its `Outcome`, and the registry.
 
 A family is one module: its config schema (`schema`, the `loss` section), its cross-field checks
-(`check`), what the tags call its teacher and student (`roles`), whether it composes the `kd=` /
+(`check`), what the tags call its teacher and student (`pair_labels`), whether it composes the `kd=` /
 `hint=` terms (`composes_methods`, refined per config by `composes`), and `run`. It registers by
 name in `registry.FAMILIES`.
 """
@@ -113,7 +113,7 @@ class Family:
         return ignored
 
     @classmethod
-    def roles(cls, cfg) -> tuple[str, str]:
+    def pair_labels(cls, cfg) -> tuple[str, str]:
         """(teacher, student) as the family uses them, for tags and run names."""
         return describe(cfg.teacher), describe(cfg.student)
 

@@ -52,7 +52,7 @@ class MultiTeacher(Family):
                     "weights must be >= 0 with a positive sum")
 
     @classmethod
-    def roles(cls, cfg) -> tuple[str, str]:
+    def pair_labels(cls, cfg) -> tuple[str, str]:
         return "+".join(describe(t) for t in cfg.loss.teachers), describe(cfg.student)
 
     def run(self) -> Outcome:

@@ -28,7 +28,7 @@ class NoDistillation(Family):
         return {"temperature": "with loss=none (no teacher)", "alpha": "with loss=none (no teacher)"}
 
     @classmethod
-    def roles(cls, cfg) -> tuple[str, str]:
+    def pair_labels(cls, cfg) -> tuple[str, str]:
         return "(none)", describe(cfg.student)
 
     def run(self) -> Outcome:

@@ -42,7 +42,7 @@ class Online(Family):
         require(loss.mode in ONLINE_MODES, "loss.mode", loss.mode, f"allowed for loss=online: {', '.join(ONLINE_MODES)}")
 
     @classmethod
-    def roles(cls, cfg) -> tuple[str, str]:
+    def pair_labels(cls, cfg) -> tuple[str, str]:
         return "(online peers)", "+".join(describe(p) for p in cfg.loss.peers)
 
     def run(self) -> Outcome:

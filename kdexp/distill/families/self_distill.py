@@ -72,7 +72,7 @@ class SelfDistillation(Family):
                     f"e.g. student.{key}={'[256,128]' if key == 'hidden' else '[32,64]'}, or loss.mode=born_again")
 
     @classmethod
-    def roles(cls, cfg) -> tuple[str, str]:
+    def pair_labels(cls, cfg) -> tuple[str, str]:
         return "(itself)", describe(cfg.student)
 
     @classmethod
