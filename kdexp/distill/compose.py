@@ -41,18 +41,18 @@ class ComposedLoss:
         self.student, self.clock = student, clock
         self.kd = KD_METHODS[cfg.kd.name](cfg.kd, cfg.loss)
         self.hint = None if HINT_METHODS[cfg.hint.name].plain(cfg.hint) else HINT_METHODS[cfg.hint.name](cfg.hint, cfg.loss)
-        self.terms = [t for t in (self.kd, self.hint) if t is not None]
-        for term in self.terms:
-            term.resolve(student, teacher)
-        student_layers = _unique([n for t in self.terms for n in t.student_layers()])
-        teacher_layers = _unique([n for t in self.terms for n in t.teacher_layers()])
+        self.methods = [m for m in (self.kd, self.hint) if m is not None]
+        for method in self.methods:
+            method.resolve(student, teacher)
+        student_layers = _unique([n for m in self.methods for n in m.student_layers()])
+        teacher_layers = _unique([n for m in self.methods for n in m.teacher_layers()])
         self.student_capture = Capture(student, student_layers, "hint.student") if student_layers else None
         self.teacher_capture = Capture(teacher, teacher_layers, "hint.teacher") if teacher_layers else None
         self.teacher = self._teacher_fn(teacher, teacher_logits)
         if student_layers or teacher_layers:
             self._setup(probe, seed)
-        for term in self.terms:
-            term.to(device)
+        for method in self.methods:
+            method.to(device)
 
     def _teacher_fn(self, teacher: nn.Module, teacher_logits: Callable[[], FrozenLogits]) -> TeacherFn:
         if self.teacher_capture is None:
@@ -75,8 +75,8 @@ class ComposedLoss:
             torch.manual_seed(seed)
             student = self._student(x, eval_mode=True)
             teacher = self.teacher(x, idx)
-            for term in self.terms:
-                term.setup(student, teacher)
+            for method in self.methods:
+                method.setup(student, teacher)
         self.student.train(was_training)
 
     def _student(self, x: torch.Tensor, eval_mode: bool = False) -> Outputs:
@@ -87,8 +87,8 @@ class ComposedLoss:
 
     @property
     def parts(self) -> dict[str, nn.Module]:
-        """The terms that own parameters (a connector, a temperature), by config section."""
-        return {t.section(): t for t in self.terms if any(True for _ in t.parameters())}
+        """The methods that own parameters (a connector, a temperature), by config section."""
+        return {m.section(): m for m in self.methods if any(True for _ in m.parameters())}
 
     def step_loss(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         student = self._student(x)
