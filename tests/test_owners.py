@@ -95,3 +95,27 @@ def test_a_sweep_of_the_methods_own_temperature_runs_two_different_jobs(tmp_path
     assert len({r.data.tags["kdexp.run_key"] for r in jobs}) == 2
     assert len({r.data.metrics["student/kd"] for r in jobs}) == 2  # a comparison of something
     assert all("loss.temperature" not in r.data.params for r in jobs)
+
+
+def _sweep_config(task: list[str]):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from kdexp.config.paths import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[], return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.overrides.task = task
+        from kdexp.run.sweep import job_configs
+
+        return job_configs(cfg, "base")
+
+
+def test_a_sweep_is_checked_on_one_composed_config_per_kind_of_job():
+    jobs = _sweep_config(["loss=none,standard", "loss.alpha=0.1,0.5", "seed=0,1"])
+    assert sorted(job.loss.name for job in jobs) == ["none", "standard"]  # numbers make no new kind
+    refuse_ignored(jobs, ["loss=none,standard", "loss.alpha=0.1,0.5"])
+    with pytest.raises(ConfigError, match="loss.temperature has no effect with kd=dkd"):
+        refuse_ignored(_sweep_config(["kd=dkd", "loss.temperature=2,8"]), ["kd=dkd", "loss.temperature=2,8"])
+    assert _sweep_config(["loss.alpha=interval(0,1)"]) == ["base"]  # a sweeper's own search space
