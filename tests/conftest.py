@@ -2,12 +2,11 @@
 
 Every test runs in its own empty folder with its own sqlite MLflow store (`isolated`, autouse), so
 no test writes `mlflow.db`, `mlruns/` or `outputs/` into the repository or sees another test's runs.
-`kdexp(...)` runs the real command line in a subprocess, in the same kind of isolation."""
+`kdexp(...)` (tests/helpers.py, with the other helpers the test files share) runs the real command
+line in a subprocess, in the same kind of isolation."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from helpers import FOREIGN_ENV, REPOSITORY, sqlite_uri
+from helpers import kdexp  # noqa: F401  (tests/test_owners.py imports it from here)
 from kdexp.cli.main import CONFIG_DIR
 from kdexp.distill import catalog  # noqa: F401  (families and terms register, as the CLI does)
 from kdexp.config.sections import validate
@@ -28,13 +29,8 @@ FAST = [
     "data.eval_batch_size=500",
 ]
 
-# Environment that would point a test at a store or a sweep that is not its own.
-SWEEP_ENV = "KDEXP_PARENT_RUN_ID"  # kdexp.tracking.SWEEP_ENV (not imported: that would import MLflow)
-FOREIGN_ENV = ("MLFLOW_TRACKING_URI", SWEEP_ENV, "HYDRA_FULL_ERROR")
-
 
 # What a run leaves in its working folder; the suite must leave none of it in the repository.
-REPOSITORY = Path(__file__).resolve().parents[1]
 LITTER = ("mlflow.db", "mlruns", "outputs")
 _LITTER_BEFORE = {name for name in LITTER if (REPOSITORY / name).exists()}
 
@@ -45,10 +41,6 @@ def pytest_sessionfinish(session, exitstatus):
     if left:
         print(f"\nkdexp tests: the suite wrote {', '.join(left)} into {REPOSITORY}; a test escaped its folder")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-def sqlite_uri(folder: Path) -> str:
-    return f"sqlite:///{Path(folder) / 'mlflow.db'}"
 
 
 @pytest.fixture(autouse=True)
@@ -71,30 +63,6 @@ def isolated(tmp_path: Path, monkeypatch):
 def store(isolated: Path) -> str:
     """The URI of the test's own sqlite MLflow store (in tmp_path, also the working folder)."""
     return sqlite_uri(isolated)
-
-
-def kdexp_env(cwd: Path, env: dict[str, str | None] | None = None) -> dict[str, str]:
-    """The environment of a kdexp subprocess: this one, pointed at `cwd`'s own store, without an
-    inherited HYDRA_FULL_ERROR or sweep parent; then `env` (a None value removes the variable)."""
-    environ = {k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}
-    environ["MLFLOW_TRACKING_URI"] = sqlite_uri(cwd)
-    for name, value in (env or {}).items():
-        if value is None:
-            environ.pop(name, None)
-        else:
-            environ[name] = value
-    return environ
-
-
-def kdexp(args: list[str], cwd: Path, timeout: float = 600, env: dict[str, str | None] | None = None,
-          check: bool = False, module: str = "kdexp") -> subprocess.CompletedProcess:
-    """Run `python -m kdexp ARGS` (or another `module`) in `cwd`, in the environment `kdexp_env`
-    gives. `check=True` asserts exit code 0, showing the end of the output when it is not."""
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=kdexp_env(cwd, env),
-                            capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
 def compose_raw(overrides: list[str] = ()) -> DictConfig:

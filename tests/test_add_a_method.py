@@ -1,15 +1,13 @@
 """A contributor adds a distillation method with one module and one YAML file, and nothing else:
 checked on a copy of the package, so the repository is never written."""
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import FAST
+from helpers import kdexp
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,21 +48,18 @@ def test_one_module_and_one_yaml_file_make_a_method(tmp_path):
     shutil.copytree(ROOT / "conf", tmp_path / "conf")
     (tmp_path / "kdexp" / "distill" / "methods" / "scaled.py").write_text(MODULE)
     (tmp_path / "conf" / "kd" / "scaled.yaml").write_text("name: scaled\ntemperature: 2.0\nkd_weight: 0.5\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    env.pop("HYDRA_FULL_ERROR", None)
 
-    def kdexp(*args):
-        return subprocess.run([sys.executable, "-m", "kdexp", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=600)
+    def copy(*args):  # the command line of the copy
+        return kdexp(list(args), tmp_path, env={"PYTHONPATH": str(tmp_path)})
 
-    done = kdexp("kd=scaled", *FAST, "data.limit_train=256", "tracking.log_model=false")
+    done = copy("kd=scaled", *FAST, "data.limit_train=256", "tracking.log_model=false")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "KD gain" in done.stdout
-    refused = kdexp("kd=scaled", "kd.kd_weight=-1", *FAST)
+    refused = copy("kd=scaled", "kd.kd_weight=-1", *FAST)
     assert refused.returncode == 2 and "kd.kd_weight=-1.0 is not allowed" in refused.stderr
-    unknown = kdexp("kd=nope", *FAST)
+    unknown = copy("kd=nope", *FAST)
     assert unknown.returncode == 2 and "allowed: ctkd, dist, dkd, hinton, ls, scaled" in unknown.stderr
-    shadowed = kdexp("kd=scaled", "loss.temperature=8", *FAST)  # the method owns its temperature
+    shadowed = copy("kd=scaled", "loss.temperature=8", *FAST)  # the method owns its temperature
     assert shadowed.returncode == 2 and shadowed.stderr == (
         "kdexp: error: loss.temperature has no effect with kd=scaled; use kd=scaled's own keys: "
         "kd.temperature, kd.kd_weight\n")

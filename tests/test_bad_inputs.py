@@ -4,21 +4,13 @@ A FINISHED run is made first in the same folder and store; after each bad comman
 exactly as it was (status, metrics, artifacts) and no other run may have appeared in the store."""
 
 
-import mlflow
 import pytest
 import torch
 
-from conftest import FAST, kdexp
+from conftest import FAST
+from helpers import kdexp, snapshot
 
 pytestmark = pytest.mark.slow
-
-
-def snapshot(cwd):
-    mlflow.set_tracking_uri(f"sqlite:///{cwd}/mlflow.db")
-    runs = mlflow.search_runs(experiment_names=["kdexp"], output_format="list")
-    client = mlflow.MlflowClient()
-    return [(r.info.run_id, r.info.status, r.info.end_time, dict(r.data.metrics),
-             sorted(a.path for a in client.list_artifacts(r.info.run_id))) for r in runs]
 
 
 @pytest.fixture(scope="module")

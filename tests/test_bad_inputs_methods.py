@@ -1,29 +1,12 @@
 """Bad kd= / hint= choices and the closed validation gaps: one line, non-zero exit, nothing trained,
 no earlier run touched (the same contract as tests/test_bad_inputs.py)."""
 
-import os
-import subprocess
-import sys
-
-import mlflow
 import pytest
 
 from conftest import FAST
+from helpers import kdexp, snapshot
 
 pytestmark = pytest.mark.slow
-
-
-def kdexp(args, cwd, timeout=300):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "kdexp", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def snapshot(cwd):
-    mlflow.set_tracking_uri(f"sqlite:///{cwd}/mlflow.db")
-    runs = mlflow.search_runs(experiment_names=["kdexp"], output_format="list")
-    return [(r.info.run_id, r.info.status, r.info.end_time, dict(r.data.metrics)) for r in runs]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +37,7 @@ BAD = [
 @pytest.mark.parametrize("args, needle", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_method_input(folder, args, needle):
     cwd, before = folder
-    result = kdexp([*FAST, *args], cwd)
+    result = kdexp([*FAST, *args], cwd, timeout=300)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2
     assert len(lines) == 1, result.stderr

@@ -4,26 +4,16 @@ digit shifted by at most a pixel (so the labels stay right)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import torch
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_speed.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_speed", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import bench_speed
 
 
 def test_idx_files_read_back_by_torchvision(tmp_path):
     from torchvision.datasets import MNIST
 
-    bench = _bench()
+    bench = bench_speed()
     tx, ty, vx, vy = bench.make_mnist_like(n_train=37, n_test=13)
     raw = bench.write_mnist_raw(tmp_path, tx, ty, vx, vy)
     assert raw == tmp_path / "MNIST" / "raw"
@@ -42,7 +32,7 @@ def test_idx_files_read_back_by_torchvision(tmp_path):
 
 
 def test_tiles_are_shifted_copies_of_their_sources():
-    bench = _bench()
+    bench = bench_speed()
     rng = np.random.default_rng(3)
     sources = rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
     sources[:, [0, -1], :] = 0  # a blank border, like MNIST's, so a shift loses nothing
@@ -58,7 +48,7 @@ def test_tiles_are_shifted_copies_of_their_sources():
 
 
 def test_train_and_test_sources_are_disjoint_and_stratified():
-    bench = _bench()
+    bench = bench_speed()
     y = np.repeat(np.arange(10), 50)
     train, test = bench.split_sources(y, test_sources=100, seed=0)
     assert len(test) == 100 and len(train) == 400 and not set(train) & set(test)

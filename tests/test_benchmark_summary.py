@@ -5,7 +5,6 @@ kdexp command and the floor, which refuses a device this machine lacks in one li
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from helpers import bench_speed
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -24,13 +25,6 @@ TARGET_NAMES = [
     "peak RSS cold run / floor",
     "student accuracy kdexp - article",
 ]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_speed", BENCHMARKS / "bench_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _figures(**changes) -> dict:
@@ -60,7 +54,7 @@ def _verdicts(rows) -> dict[str, str]:
 
 
 def test_every_target_passes_and_the_rows_follow_the_issue_table():
-    bench = _bench()
+    bench = bench_speed()
     rows = bench.target_rows(_figures())
     assert [row.name for row in rows] == TARGET_NAMES
     assert all(row.verdict == "PASS" for row in rows)
@@ -79,7 +73,7 @@ def test_every_target_passes_and_the_rows_follow_the_issue_table():
     ({"cold__student_acc": 98.1}, TARGET_NAMES[5]),           # and over it: the limit is both ways
 ])
 def test_each_target_fails_alone(change, failing):
-    bench = _bench()
+    bench = bench_speed()
     rows = bench.target_rows(_figures(**change))
     verdicts = _verdicts(rows)
     assert verdicts.pop(failing) == "FAIL"
@@ -88,7 +82,7 @@ def test_each_target_fails_alone(change, failing):
 
 
 def test_the_ratios_are_taken_against_the_floor_as_issue_14_defines_them():
-    bench = _bench()
+    bench = bench_speed()
     figures = _figures(cold__wall_s=25.0, second__wall_s=15.0, sweep__wall_s=84.0, cold__peak_mb=1500.0)
     rows = {row.name: row for row in bench.target_rows(figures)}
     assert rows[TARGET_NAMES[0]].figure == "1.250"            # 25 / 20
@@ -103,7 +97,7 @@ def test_the_ratios_are_taken_against_the_floor_as_issue_14_defines_them():
 
 
 def test_rounds_are_judged_by_the_median_round_with_its_own_figures():
-    bench = _bench()
+    bench = bench_speed()
     rounds = [{"wall_s": 21.0, "teacher_s": 11.0}, {"wall_s": 19.0, "teacher_s": 9.0}, {"wall_s": 20.0, "teacher_s": 10.0}]
     chosen = bench.median_round(rounds)
     assert chosen["wall_s"] == 20.0 and chosen["teacher_s"] == 10.0 and chosen["walls"] == [21.0, 19.0, 20.0]
@@ -115,7 +109,7 @@ def test_rounds_are_judged_by_the_median_round_with_its_own_figures():
 
 
 def test_skipped_steps_give_na_rows_not_failures():
-    bench = _bench()
+    bench = bench_speed()
     rows = bench.target_rows(_figures(reference__=None, sweep__=None))
     verdicts = _verdicts(rows)
     assert verdicts[TARGET_NAMES[2]] == "n/a" and verdicts[TARGET_NAMES[5]] == "n/a"
@@ -127,7 +121,7 @@ def test_skipped_steps_give_na_rows_not_failures():
 
 
 def test_informational_rows_carry_no_verdict():
-    bench = _bench()
+    bench = bench_speed()
     info = bench.info_rows(_figures())
     assert [row.verdict for row in info] == ["", "", ""]
     assert "wall 110.0 s" in info[0].measured
@@ -137,13 +131,13 @@ def test_informational_rows_carry_no_verdict():
 
 
 def test_the_title_names_a_gpu_run():
-    bench = _bench()
+    bench = bench_speed()
     assert "on cuda" in bench.summary(_figures(), False, 60_000, 5, device="cuda")[2]
     assert " on " not in bench.summary(_figures(), False, 60_000, 5, device="cpu")[2]
 
 
 def test_device_reaches_every_kdexp_command(tmp_path):
-    bench = _bench()
+    bench = bench_speed()
     args = bench.kdexp_args(tmp_path, tmp_path / "data", 1, "cuda", ["trainer.threads=1"])
     assert "trainer.device=cuda" in args and args[-1] == "trainer.threads=1"
 
@@ -164,7 +158,7 @@ def test_cuda_without_cuda_is_refused_in_one_line_before_any_work(tmp_path):
 
 @pytest.mark.slow
 def test_the_floor_runs_on_the_cpu_and_reports_its_phases(tmp_path):
-    bench = _bench()
+    bench = bench_speed()
     bench.write_mnist_raw(tmp_path, *bench.make_mnist_like(n_train=128, n_test=64))
     result = tmp_path / "floor.json"
     run = subprocess.run([sys.executable, str(BENCHMARKS / "plain_inmemory.py"), "--root", str(tmp_path),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import kdexp
+from helpers import kdexp
 from kdexp.cli.main import check_group_choices
 
 

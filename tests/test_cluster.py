@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,8 @@ import pytest
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from conftest import FAST, kdexp, sqlite_uri
+from conftest import FAST
+from helpers import free_port, kdexp, sqlite_uri
 from kdexp import tracking
 from kdexp.config.checks import ConfigError
 from kdexp.run.sweep import parent_for_job, sweep_dir_of, threads_per_job
@@ -139,12 +139,6 @@ def test_submitit_local_sweep_two_jobs_under_one_parent(tmp_path):
     assert len(logs) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ray_env() -> dict[str, str]:
     """What the head and the launching process share. Ray replaces a loopback --node-ip-address by
     the machine's address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is 0 (its single-machine switch);
@@ -165,7 +159,7 @@ def ray_head(tmp_path):
     folder = tmp_path / "head"
     folder.mkdir()
     temp_dir = tempfile.mkdtemp(prefix="kdray", dir="/tmp")  # Ray's socket paths must stay short
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", tracking.SWEEP_ENV)}
     shared = ray_env()
     env.update(shared)
@@ -173,8 +167,8 @@ def ray_head(tmp_path):
     head = subprocess.Popen(
         [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
          "--num-gpus=0", "--include-dashboard=false", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
-         f"--dashboard-agent-listen-port={_free_port()}", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+         f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}",
+         f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120

@@ -23,11 +23,19 @@ QUIET = ["data.limit_train=300", "tracking.log_model=false"]
 # --- choosing the device ------------------------------------------------------------
 
 
-def test_auto_picks_cuda_then_mps_then_cpu():
-    here = available_devices()
-    expected = "cuda" if "cuda" in here else "mps" if "mps" in here else "cpu"
-    assert resolve_device("auto").type == expected
-    assert resolve_device("cpu").type == "cpu"
+@pytest.mark.parametrize("cuda_here, mps_here, here, auto", [
+    (True, True, ["cpu", "cuda", "mps"], "cuda"),
+    (True, False, ["cpu", "cuda"], "cuda"),
+    (False, True, ["cpu", "mps"], "mps"),
+    (False, False, ["cpu"], "cpu"),
+], ids=["cuda+mps", "cuda", "mps", "cpu only"])
+def test_auto_picks_cuda_then_mps_then_cpu(monkeypatch, cuda_here, mps_here, here, auto):
+    """Every machine, whatever this one has: torch's answers are faked, the choice is kdexp's."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_here)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps_here)
+    assert available_devices() == here
+    assert resolve_device("auto") == torch.device(auto)
+    assert resolve_device("cpu") == torch.device("cpu")
 
 
 @pytest.mark.parametrize("name", ["cuda", "mps"])

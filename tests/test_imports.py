@@ -10,6 +10,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 import kdexp
 
 PACKAGE_DIR = Path(kdexp.__file__).parent
@@ -217,6 +219,7 @@ def test_only_the_tracking_module_imports_mlflow():
     assert not offenders, f"import mlflow outside kdexp.tracking: {offenders}"
 
 
+@pytest.mark.slow
 def test_the_cli_starts_without_torch_or_mlflow():
     """`kdexp --help` and `--cfg job` stay fast (~0.5 s): families, terms and MLflow are imported
     where a run needs them (kdexp.distill.catalog, kdexp.tracking), not with the package."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPOSITORY, kdexp_env, sqlite_uri
+from helpers import REPOSITORY, kdexp_env, sqlite_uri
 
 
 def test_a_test_runs_in_its_own_folder_with_its_own_store(tmp_path):
@@ -42,7 +42,7 @@ def test_subprocesses_get_the_folders_store_and_no_inherited_sweep(tmp_path, mon
 
 
 def test_the_sweep_variable_the_fixture_clears_is_kdexps():
-    from conftest import SWEEP_ENV
+    from helpers import FOREIGN_ENV, SWEEP_ENV
     from kdexp import tracking
 
-    assert SWEEP_ENV == tracking.SWEEP_ENV
+    assert SWEEP_ENV == tracking.SWEEP_ENV and SWEEP_ENV in FOREIGN_ENV

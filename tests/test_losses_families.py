@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import kl
 from kdexp.distill.functional import (aggregate_teachers, ensemble_probs, feature_l2, kd_kl, multi_teacher, mutual,
                           self_distill, teacher_weights)
 
@@ -14,10 +15,6 @@ from kdexp.distill.functional import (aggregate_teachers, ensemble_probs, featur
 def softmax(values, T=1.0):
     e = [math.exp(v / T) for v in values]
     return [v / sum(e) for v in e]
-
-
-def kl(p, q):
-    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q))
 
 
 def ce(logits, label):

@@ -17,38 +17,13 @@ import mlflow
 import pytest
 
 from conftest import FAST, compose_cfg
+from helpers import REPOSITORY, finish, kdexp_env, runs_of, start_kdexp
 from kdexp.run import experiment
 from kdexp import tracking
 from kdexp.run.checkpoints import CheckpointError, Checkpoints
 from kdexp.config.checks import ConfigError
 
 QUIET = [*FAST, "data.limit_train=300", "tracking.log_model=false"]
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _env(cwd: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != tracking.SWEEP_ENV}
-    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db", "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))}
-
-
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "kdexp", *args], cwd=cwd, env=_env(cwd),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
-    out = proc.communicate(timeout=timeout)[0]
-    assert proc.returncode == 0, out[-4000:]
-    return out
-
-
-def _runs(cwd: Path | None = None, experiment_name: str = "kdexp") -> list:
-    if cwd is not None:
-        mlflow.set_tracking_uri(f"sqlite:///{cwd}/mlflow.db")
-    return mlflow.search_runs(experiment_names=[experiment_name], output_format="list")
-
-
 def _split(runs):
     parents = [r for r in runs if r.data.tags.get("kdexp.role") == "sweep"]
     return parents, [r for r in runs if r.data.tags.get("kdexp.role") != "sweep"]
@@ -98,9 +73,8 @@ def test_store_created_by_many_processes_at_once(tmp_path, attempt):
     code = ("import sys, time; from kdexp import tracking; time.sleep(max(0, float(sys.argv[1]) - time.time()));"
             "print(tracking.prepare(None, 'kdexp')[1])")
     start = str(time.time() + 3)
-    procs = [subprocess.Popen([sys.executable, "-c", code, start], cwd=tmp_path, env=_env(tmp_path),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(4)]
-    outs = [_finish(p, 120) for p in procs]
+    procs = [start_kdexp([code, start], tmp_path, command=["-c"]) for _ in range(4)]
+    outs = [finish(p, 120) for p in procs]
     assert len({out.split()[-1] for out in outs}) == 1, outs  # one experiment id for all
 
 
@@ -124,9 +98,10 @@ def test_search_pages_through_every_run(store, monkeypatch):
     assert len(connect.search_all(client, [exp_id], "tags.`kdexp.role` = 'job'")) == 5
 
 
+@pytest.mark.slow
 def test_git_commit_is_kdexp_s_own_repository_not_the_working_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no repository here
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    head = subprocess.run(["git", "-C", str(REPOSITORY), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode != 0:
         pytest.skip("kdexp does not run from a git checkout here")
     tracking.git_commit.cache_clear()
@@ -189,14 +164,14 @@ def test_full_disk_ends_the_run_failed_in_one_line_and_the_same_command_resumes(
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 1 and len(err.splitlines()) == 1, err
     assert err.startswith("kdexp: error: no space left on the device while writing ") and ".pt;" in err
-    [crashed] = _runs()
+    [crashed] = runs_of()
     assert crashed.info.status == "FAILED"
     assert not list(Path("outputs").rglob("*.tmp"))
 
     monkeypatch.setattr("kdexp.run.checkpoints.os.fsync", real_fsync)
     _cli_in_process(args, monkeypatch)
     assert "resuming MLflow run" in capsys.readouterr().out
-    [resumed] = _runs()
+    [resumed] = runs_of()
     assert resumed.info.run_id == crashed.info.run_id and resumed.info.status == "FINISHED"
     assert "error" not in resumed.data.tags  # the earlier attempt's error no longer applies
 
@@ -226,13 +201,13 @@ def test_resume_with_changed_threads_and_store_reuse_records_them_as_tags(store,
     monkeypatch.setattr(checkpoint.Checkpoints, "save", killed_in_student)
     with pytest.raises(KeyboardInterrupt):
         experiment.run(compose_cfg(["tracking.log_model=false", "trainer.epochs=2"]), [])
-    [killed] = _runs()
+    [killed] = runs_of()
     assert killed.info.status == "KILLED" and "error" in killed.data.tags
     monkeypatch.setattr(checkpoint.Checkpoints, "save", save)
 
     experiment.run(compose_cfg(["tracking.log_model=false", "trainer.epochs=2", "trainer.threads=1",
                                 "store.reuse=false"]), [])
-    [resumed] = _runs()
+    [resumed] = runs_of()
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
     assert resumed.data.params["trainer.threads"] == "0"  # params keep what the run started with
     assert resumed.data.tags["kdexp.resumed_with.trainer.threads"] == "1 (was 0)"
@@ -245,7 +220,7 @@ def test_vanished_store_files_are_marked_and_retrained_in_one_line(store, capsys
     import shutil
 
     experiment.run(compose_cfg(["tracking.log_model=false"]), [])
-    stored = _runs(experiment_name="kdexp-store")
+    stored = runs_of(experiment="kdexp-store")
     assert len(stored) == 3  # teacher, baseline, the teacher's logits
     shutil.rmtree("mlruns")
     capsys.readouterr()
@@ -254,11 +229,11 @@ def test_vanished_store_files_are_marked_and_retrained_in_one_line(store, capsys
     out = capsys.readouterr().out
     lost = [line for line in out.splitlines() if "is unusable" in line]
     assert len(lost) == 3 and all("training it again" in line for line in lost), out
-    latest = max(_runs(), key=lambda r: r.info.start_time)
+    latest = max(runs_of(), key=lambda r: r.info.start_time)
     assert latest.info.status == "FINISHED"
     assert latest.data.tags["kdexp.teacher.source"] == "trained"
     assert latest.data.tags["kdexp.teacher.logits"] == "computed"
-    entries = _runs(experiment_name="kdexp-store")
+    entries = runs_of(experiment="kdexp-store")
     assert sorted(e.info.status for e in entries) == ["FAILED"] * 3 + ["FINISHED"] * 3
     assert all("kdexp.store_lost" in e.data.tags for e in entries if e.info.status == "FAILED")
 
@@ -271,19 +246,19 @@ def test_sigterm_marks_the_run_killed_and_the_same_command_resumes_to_identical_
     args = [*QUIET, "data.limit_train=1000", "trainer.epochs=4"]
     reference_dir, victim_dir = tmp_path / "reference", tmp_path / "victim"
     reference_dir.mkdir(), victim_dir.mkdir()
-    _finish(_start(args, reference_dir))
+    finish(start_kdexp(args, reference_dir))
 
-    victim = _start(args, victim_dir)
+    victim = start_kdexp(args, victim_dir)
     _wait_for(lambda: list(victim_dir.glob("outputs/checkpoints/*/*/student.pt")), victim, "a student checkpoint")
     victim.send_signal(signal.SIGTERM)
     out = victim.communicate(timeout=120)[0]
     assert victim.returncode == 143, out
     assert out.strip().splitlines()[-1].startswith("kdexp: error: terminated (SIGTERM); the run is marked KILLED")
-    [killed] = _runs(victim_dir)
+    [killed] = runs_of(victim_dir)
     assert killed.info.status == "KILLED"
 
-    assert "resuming MLflow run" in _finish(_start(args, victim_dir))
-    [resumed], [reference] = _runs(victim_dir), _runs(reference_dir)
+    assert "resuming MLflow run" in finish(start_kdexp(args, victim_dir))
+    [resumed], [reference] = runs_of(victim_dir), runs_of(reference_dir)
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
     keys = ("student_acc", "baseline_acc", "teacher_acc", "kd_gain")
     assert {k: resumed.data.metrics[k] for k in keys} == {k: reference.data.metrics[k] for k in keys}
@@ -295,20 +270,20 @@ def test_sigterm_marks_the_run_killed_and_the_same_command_resumes_to_identical_
 @pytest.mark.slow
 @pytest.mark.parametrize("attempt", range(2))
 def test_two_first_runs_at_once_in_a_fresh_folder_both_finish(tmp_path, attempt):
-    procs = [_start([*QUIET, "data.limit_train=200"], tmp_path),
-             _start([*QUIET, "data.limit_train=200", "loss.temperature=2"], tmp_path)]
+    procs = [start_kdexp([*QUIET, "data.limit_train=200"], tmp_path),
+             start_kdexp([*QUIET, "data.limit_train=200", "loss.temperature=2"], tmp_path)]
     for proc in procs:
-        _finish(proc)
-    runs = _runs(tmp_path)
+        finish(proc)
+    runs = runs_of(tmp_path)
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
 
 
 @pytest.mark.slow
 def test_two_sweeps_started_in_the_same_second_have_their_own_folders_and_parents(tmp_path):
     args = ["-m", "loss.temperature=2,4", *QUIET, "data.limit_train=200"]
-    procs = [_start(args, tmp_path), _start(args, tmp_path)]
-    outs = [_finish(proc) for proc in procs]
-    parents, jobs = _split(_runs(tmp_path))
+    procs = [start_kdexp(args, tmp_path), start_kdexp(args, tmp_path)]
+    outs = [finish(proc) for proc in procs]
+    parents, jobs = _split(runs_of(tmp_path))
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
     assert len({p.data.tags["kdexp.sweep_dir"] for p in parents}) == 2
     assert all(Path(p.data.tags["kdexp.sweep_dir"], "multirun.yaml").is_file() for p in parents)
@@ -326,7 +301,7 @@ def test_interrupted_sweep_run_again_is_one_comparison(tmp_path):
     from kdexp.report import build
 
     args = ["-m", "loss.temperature=1,2,4", *QUIET, "trainer.epochs=3", "data.limit_train=600"]
-    first = _start(args, tmp_path)
+    first = start_kdexp(args, tmp_path)
     lines = _Lines(first)
     # Interrupt the second job once the first has finished (its summary printed) and the second
     # has a student checkpoint.
@@ -337,12 +312,12 @@ def test_interrupted_sweep_run_again_is_one_comparison(tmp_path):
     lines.thread.join(timeout=10)
     assert first.returncode == 143, lines.text
     assert "sweep parent run" in lines.text.strip().splitlines()[-1]
-    [old_parent], _ = _split(_runs(tmp_path))
+    [old_parent], _ = _split(runs_of(tmp_path))
     assert old_parent.info.status == "KILLED"
 
-    again = _finish(_start(args, tmp_path))
+    again = finish(start_kdexp(args, tmp_path))
     assert again.count("already FINISHED") == 1 and again.count("resuming MLflow run") == 1
-    parents, jobs = _split(_runs(tmp_path))
+    parents, jobs = _split(runs_of(tmp_path))
     assert {p.info.status for p in parents} == {"KILLED", "FINISHED"}
     assert len(jobs) == 3 and {j.info.status for j in jobs} == {"FINISHED"}
     new_parent = next(p for p in parents if p.info.status == "FINISHED")
@@ -357,6 +332,7 @@ def test_interrupted_sweep_run_again_is_one_comparison(tmp_path):
     assert len(report.ranked) == 3
 
 
+@pytest.mark.slow
 def test_a_sweep_parent_whose_launcher_died_is_closed_by_the_next_launch(store):
     import socket
 
@@ -373,7 +349,7 @@ def test_a_sweep_parent_whose_launcher_died_is_closed_by_the_next_launch(store):
 
 @pytest.mark.slow
 def test_a_sweep_with_a_bad_base_config_stops_in_one_line_before_any_run(tmp_path):
-    proc = _start(["-m", "loss.temperature=0", "seed=0,1"], tmp_path)
+    proc = start_kdexp(["-m", "loss.temperature=0", "seed=0,1"], tmp_path)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2 and len(out.strip().splitlines()) == 1, out
     assert out.startswith("kdexp: error: loss.temperature=0")
@@ -402,6 +378,6 @@ def test_a_store_half_created_on_a_full_disk_is_removed_so_the_next_try_starts_c
     monkeypatch.setattr(db_utils, "_initialize_tables", migrate)
     # The next command (a new process) creates the store as if nothing had happened.
     code = f"from kdexp import tracking; print(tracking.prepare({uri!r}, 'kdexp')[1])"
-    retry = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(tmp_path),
+    retry = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=kdexp_env(tmp_path),
                            capture_output=True, text=True, timeout=120)
     assert retry.returncode == 0, retry.stderr[-2000:]

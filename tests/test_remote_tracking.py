@@ -6,7 +6,6 @@ local store."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +14,12 @@ import urllib.request
 import mlflow
 import pytest
 
-from conftest import FAST, kdexp
+from conftest import FAST
+from helpers import free_port, kdexp
 from kdexp import tracking
 
 pytestmark = pytest.mark.slow
 QUIET = [*FAST, "data.limit_train=300", "tracking.log_model=false"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _healthy(url: str) -> bool:
@@ -42,7 +36,7 @@ def server(tmp_path):
     yields (url, server folder) and stops its whole process group afterwards."""
     folder = tmp_path / "server"
     folder.mkdir()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", tracking.SWEEP_ENV)}
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job workers: a lighter server

@@ -3,7 +3,6 @@ a temperature sweep over two seeds, and the one-line errors when there is nothin
 
 from __future__ import annotations
 
-import csv
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import kdexp, kdexp_env
+from helpers import kdexp, kdexp_env, read_csv
 from kdexp import report
 from kdexp.cli import report as report_cli
 
@@ -96,11 +95,6 @@ SEEDS = [  # temperature × seed
     job({"loss.temperature": 4, "seed": 0}, 96.0, baseline=94.0),
     job({"loss.temperature": 4, "seed": 1}, 96.2, baseline=94.2),
 ]
-
-
-def read_csv(path: Path) -> list[dict]:
-    with path.open() as f:
-        return list(csv.DictReader(f))
 
 
 def artifacts(uri: str, run_id: str, path: str = "report") -> set[str]:

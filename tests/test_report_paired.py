@@ -4,11 +4,10 @@ summary on the parent run, and the one-line refusals."""
 
 from __future__ import annotations
 
-import csv
-
 import pytest
 from scipy import stats
 
+from helpers import read_csv
 from kdexp import report
 from kdexp.cli import report as report_cli
 from test_report import db, empty_store_file, job, make_sweep  # noqa: F401  (fixtures)
@@ -28,11 +27,6 @@ def jobs(results=RESULTS, extra: dict | None = None) -> list[dict]:
         j["metrics"].update(extra or {})
         out.append(j)
     return out
-
-
-def read_csv(path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_groups_and_comparisons_match_scipy(db, tmp_path):
@@ -108,6 +102,7 @@ def test_best_epoch_metric_is_used_when_asked(db, tmp_path):
     report_cli.make_report(db, parent_id=parent, out=tmp_path / "r", show_table=False, log=False,
                        metric="student_best_acc")
     groups = read_csv(tmp_path / "r" / "groups.csv")
+    assert [g["group"] for g in groups] == ["loss.temperature=2", "loss.temperature=8"]
     assert all(float(g["student_acc_mean"]) == 97.0 and float(g["kd_gain_mean"]) == 2.0 for g in groups)
     assert "best-epoch" in (tmp_path / "r" / "groups.md").read_text()
 
@@ -147,7 +142,8 @@ def test_a_real_seed_sweep_matches_scipy_on_its_own_runs(tmp_path):
     children's own kd_gain, comparisons.csv against ttest_rel on their student accuracies."""
     from mlflow import MlflowClient
 
-    from conftest import FAST, kdexp, sqlite_uri
+    from conftest import FAST
+    from helpers import kdexp, sqlite_uri
 
     kdexp(["-m", "seed=0,1", "loss.temperature=2,8", *FAST, "tracking.log_model=false"], tmp_path, check=True)
     done = kdexp([], tmp_path, module="kdexp.report", check=True)

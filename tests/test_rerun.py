@@ -2,8 +2,6 @@
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,14 +9,11 @@ import mlflow
 import pytest
 import torch
 
-from conftest import FAST, compose_cfg, kdexp_env
+from conftest import FAST, compose_cfg
+from helpers import finish, runs_of, start_kdexp
 from kdexp.run import experiment
 from kdexp.run.checkpoints import CheckpointError, Checkpoints
 from kdexp.config.identity import run_key
-
-
-def _runs():
-    return mlflow.search_runs(experiment_names=["kdexp"], output_format="list")
 
 
 @pytest.mark.slow
@@ -26,7 +21,7 @@ def test_rerun_of_a_finished_config_is_skipped(store):
     cfg = compose_cfg(["tracking.log_model=false"])
     first = experiment.run(cfg, [])
     assert experiment.run(cfg, []) == first
-    assert len(_runs()) == 1
+    assert len(runs_of()) == 1
 
 
 @pytest.mark.slow
@@ -34,7 +29,7 @@ def test_force_runs_again(store):
     cfg = compose_cfg(["tracking.log_model=false", "trainer.rerun=force"])
     experiment.run(cfg, [])
     experiment.run(cfg, [])
-    assert len(_runs()) == 2
+    assert len(runs_of()) == 2
 
 
 def test_run_key_ignores_presentation_settings_only():
@@ -50,7 +45,7 @@ def test_auto_device_is_the_same_run_as_the_device_it_picks(store):
     experiment.run(compose_cfg(["tracking.log_model=false"]), [])
     experiment.run(compose_cfg(["tracking.log_model=false", "trainer.device=auto"]), [])
     # Without a GPU, auto is cpu: the second run is skipped as already FINISHED; with one, it is new.
-    assert len(_runs()) == (1 if experiment.resolve_device("auto").type == "cpu" else 2)
+    assert len(runs_of()) == (1 if experiment.resolve_device("auto").type == "cpu" else 2)
 
 
 def test_tampered_checkpoint_is_refused_with_one_line(tmp_path):
@@ -87,18 +82,7 @@ def test_non_finite_loss_stops_with_phase_epoch_and_step(store):
     cfg = compose_cfg(["tracking.log_model=false", "optim.lr=1e30"])
     with pytest.raises(NonFiniteLoss, match=r"in phase 'teacher' at epoch 1, step \d+;"):
         experiment.run(cfg, [])
-    assert _runs()[0].info.status == "FAILED"
-
-
-def _cli(args, cwd):
-    return subprocess.Popen([sys.executable, "-m", "kdexp", *args], cwd=cwd, env=kdexp_env(cwd),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _final_metrics(cwd):
-    mlflow.set_tracking_uri(f"sqlite:///{cwd}/mlflow.db")
-    runs = mlflow.search_runs(experiment_names=["kdexp"], output_format="list")
-    return runs
+    assert runs_of()[0].info.status == "FAILED"
 
 
 # Plain Hinton KD, and terms that own trainable parts (the FitNets connector, CTKD's temperature),
@@ -110,9 +94,9 @@ def test_kill_9_then_same_command_resumes_to_identical_metrics(tmp_path, method,
     args = [*FAST, *method, "data.limit_train=1000", "trainer.epochs=4", "tracking.log_model=false"]
     reference_dir, crash_dir = tmp_path / "reference", tmp_path / "crash"
     reference_dir.mkdir(), crash_dir.mkdir()
-    assert _cli(args, reference_dir).wait(timeout=300) == 0
+    finish(start_kdexp(args, reference_dir), timeout=300)
 
-    victim = _cli(args, crash_dir)
+    victim = start_kdexp(args, crash_dir)
     deadline = time.time() + 300
     while not list(crash_dir.glob("outputs/checkpoints/*/*/student.pt")):
         assert victim.poll() is None, victim.stdout.read()
@@ -124,13 +108,10 @@ def test_kill_9_then_same_command_resumes_to_identical_metrics(tmp_path, method,
         saved = torch.load(next(crash_dir.glob("outputs/checkpoints/*/*/student.pt")), weights_only=True)
         assert saved["epoch"] < 4 and set(saved["parts"]) == parts
 
-    resumed = _cli(args, crash_dir)
-    out = resumed.communicate(timeout=300)[0]
-    assert resumed.returncode == 0, out
-    assert "resuming MLflow run" in out
+    assert "resuming MLflow run" in finish(start_kdexp(args, crash_dir), timeout=300)
 
-    reference = _final_metrics(reference_dir)
-    crashed = _final_metrics(crash_dir)
+    reference = runs_of(reference_dir)
+    crashed = runs_of(crash_dir)
     assert len(reference) == 1 and len(crashed) == 1
     assert crashed[0].info.status == "FINISHED"
     keys = ("student_acc", "baseline_acc", "teacher_acc", "kd_gain")

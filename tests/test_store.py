@@ -2,19 +2,40 @@
 
 import mlflow
 import pytest
+import torch
 
 from conftest import compose_cfg, run_experiment
 from kdexp.config.identity import key_for
+from kdexp.data import memory as data
+from kdexp.run.context import Context
+
+
+class _Asked(Exception):
+    """Raised by `_KeyOnly` with the key a model was asked for."""
+
+
+class _KeyOnly:
+    """A model store that stops at the first key it is asked for: nothing is trained or stored."""
+
+    def entry(self, digest, payload, label):
+        raise _Asked(digest)
 
 
 def _key(overrides=()):
+    """The model-store key of the teacher of a run configured by `overrides`, taken where the run
+    takes it (`Context.teacher`), from the whole config: every section the cases vary reaches it.
+    The data are two blank MNIST-shaped images; the key is made from the config alone."""
     cfg = compose_cfg(list(overrides))
-    return key_for(cfg.teacher, cfg.data, cfg.optim, cfg.trainer.teacher_epochs, True, 7)[0]
+    blank = data.Split(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+    ctx = Context(cfg, data.Dataset("blank", blank, blank, None, 10), None, torch.device("cpu"), store=_KeyOnly())
+    with pytest.raises(_Asked) as asked:
+        ctx.teacher(cfg.teacher)
+    return asked.value.args[0]
 
 
 @pytest.mark.parametrize("override", [
     "teacher.channels=[16,32]", "data.augment=true", "data.max_shift=1", "optim.lr=0.01",
-    "trainer.teacher_epochs=2", "data.limit_train=256", "data.split_seed=1", "data.batch_size=32",
+    "trainer.teacher_epochs=2", "data.limit_train=256", "data.split_seed=1", "data.batch_size=32", "seed=1",
 ])
 def test_key_changes_with_what_determines_the_model(override):
     assert _key([override]) != _key()

@@ -1,27 +1,15 @@
 """Multiruns through the real CLI: parent/child runs, teachers trained once, parallel jobs, Optuna."""
 
 import os
-import subprocess
 import sys
 
-import mlflow
 import pytest
 
-from conftest import FAST, kdexp_env, sqlite_uri
-from conftest import kdexp as _kdexp
+from conftest import FAST
+from helpers import kdexp, runs_of, sqlite_uri, start_kdexp
 
 pytestmark = pytest.mark.slow
 QUIET = [*FAST, "data.limit_train=300", "tracking.log_model=false"]
-
-
-def kdexp(args, cwd, timeout=600):
-    """The command line, expected to succeed."""
-    return _kdexp(args, cwd, timeout=timeout, check=True)
-
-
-def runs_of(cwd, experiment="kdexp"):
-    mlflow.set_tracking_uri(f"sqlite:///{cwd}/mlflow.db")
-    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
 
 
 def split(runs):
@@ -31,7 +19,7 @@ def split(runs):
 
 
 def test_2x2_sweep_one_parent_four_children_one_teacher(tmp_path):
-    kdexp(["-m", "loss.temperature=2,4", "loss.alpha=0.1,0.5", *QUIET], tmp_path)
+    kdexp(["-m", "loss.temperature=2,4", "loss.alpha=0.1,0.5", *QUIET], tmp_path, check=True)
     parents, children = split(runs_of(tmp_path))
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 4
@@ -48,7 +36,8 @@ def test_2x2_sweep_one_parent_four_children_one_teacher(tmp_path):
 
 
 def test_joblib_sweep_on_a_fresh_store_finishes_every_job(tmp_path):
-    kdexp(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "loss.temperature=2,4,8", *QUIET], tmp_path)
+    kdexp(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "loss.temperature=2,4,8", *QUIET], tmp_path,
+          check=True)
     parents, children = split(runs_of(tmp_path))
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
@@ -61,7 +50,7 @@ def test_joblib_sweep_on_a_fresh_store_finishes_every_job(tmp_path):
 def test_eight_parallel_jobs_on_a_fresh_store_all_finish(tmp_path):
     # 200 images, one epoch: some seeds' teachers stay near chance, which is not what this tests.
     kdexp(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=8", "seed=0,1,2,3,4,5,6,7",
-           *QUIET, "data.limit_train=200", "trainer.fail_at_chance=false"], tmp_path, timeout=900)
+           *QUIET, "data.limit_train=200", "trainer.fail_at_chance=false"], tmp_path, timeout=900, check=True)
     parents, children = split(runs_of(tmp_path))
     assert len(children) == 8 and {c.info.status for c in children} == {"FINISHED"}
     assert parents[0].info.status == "FINISHED"
@@ -69,8 +58,8 @@ def test_eight_parallel_jobs_on_a_fresh_store_all_finish(tmp_path):
 
 def test_rerun_of_a_sweep_skips_finished_jobs(tmp_path):
     args = ["-m", "loss.temperature=2,4", *QUIET]
-    kdexp(args, tmp_path)
-    again = kdexp(args, tmp_path)
+    kdexp(args, tmp_path, check=True)
+    again = kdexp(args, tmp_path, check=True)
     assert again.stdout.count("already FINISHED") == 2
     parents, children = split(runs_of(tmp_path))
     assert len(children) == 2 and len(parents) == 2
@@ -85,7 +74,7 @@ def test_rerun_of_a_sweep_skips_finished_jobs(tmp_path):
 
 def test_optuna_search_reports_the_best_trial(tmp_path):
     result = kdexp(["hparams_search=optuna_t_alpha", "hydra.sweeper.n_trials=4", *QUIET,
-                    "data.val_size=100"], tmp_path)
+                    "data.val_size=100"], tmp_path, check=True)
     assert "Best parameters" in result.stdout + result.stderr
     assert "best job:" in result.stdout
     parents, children = split(runs_of(tmp_path))
@@ -97,13 +86,12 @@ def test_optuna_search_reports_the_best_trial(tmp_path):
 def test_two_identical_sweeps_at_once_in_one_folder(tmp_path):
     """Both finish; each job's config runs once (the other waits on its lock, then skips it);
     the store has one teacher and every checkpoint folder belongs to one run."""
-    args = [sys.executable, "-m", "kdexp", "-m", "loss.temperature=2,4", *QUIET, "trainer.keep_checkpoints=true"]
+    args = ["-m", "loss.temperature=2,4", *QUIET, "trainer.keep_checkpoints=true"]
     # The launching process creates the store; create it first, as a parallel launch would.
-    kdexp(["--cfg", "job"], tmp_path)
+    kdexp(["--cfg", "job"], tmp_path, check=True)
     from kdexp.tracking import prepare
     prepare(sqlite_uri(tmp_path), "kdexp")
-    procs = [subprocess.Popen(args, cwd=tmp_path, env=kdexp_env(tmp_path), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [start_kdexp(args, tmp_path) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     _, children = split(runs_of(tmp_path))

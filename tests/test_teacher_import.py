@@ -7,7 +7,8 @@ import mlflow
 import pytest
 import torch
 
-from conftest import FAST, compose_cfg, kdexp, run_experiment
+from conftest import FAST, compose_cfg, run_experiment
+from helpers import kdexp
 from kdexp.models import factory as models_mod
 from kdexp.config.checks import ConfigError
 from kdexp.cli.export import export

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from helpers import kl
 from kdexp.distill.functional import hinton
 from kdexp.config.registry import HINT_METHODS, KD_METHODS
 from kdexp.distill.methods import Outputs
@@ -41,10 +42,6 @@ def test_hinton_term_is_the_loss_of_before_to_the_last_bit():
     assert list(out) == list(before)
     for key in before:
         assert torch.equal(out[key], before[key])
-
-
-def kl(p, q):
-    return (p * (p.log() - q.log())).sum()
 
 
 def test_dkd_parts_decompose_hinton_kl_sample_by_sample():

@@ -5,28 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from conftest import run_experiment
-from kdexp.data import memory as data
-from kdexp.run.console import PhaseProgress
-from kdexp.run.loop import History, Loop, NonFiniteLoss, Phase
+from helpers import toy_dataset, toy_loop
+from kdexp.run.loop import History, NonFiniteLoss, Phase
 
 N, BATCH, EPOCHS, SEED = 44, 8, 3, 7  # 44 = 5 full batches + one of 4: the last batch is short
-
-
-def _dataset() -> data.Dataset:
-    g = torch.Generator().manual_seed(0)
-    split = data.Split(torch.randn(N, 1, 3, 3, generator=g), torch.arange(N) % 3)
-    return data.Dataset("toy", split, split, None, 3)
-
-
-def _loop(dataset, logged=None, fused=False) -> Loop:
-    data_cfg = OmegaConf.create({"batch_size": BATCH, "eval_batch_size": 16, "augment": False})
-    optim = OmegaConf.create({"name": "adam", "lr": 0.01, "weight_decay": 0.0, "fused": fused,
-                              "scheduler": "none"})
-    on_epoch = (lambda phase, epoch, m: logged.append(m)) if logged is not None else (lambda *a: None)
-    return Loop(dataset, data_cfg, optim, PhaseProgress(False), on_epoch)
 
 
 def _net() -> torch.nn.Module:
@@ -57,12 +41,12 @@ def _plain_pytorch(dataset) -> tuple[torch.nn.Module, list[float]]:
 
 
 def test_loop_trains_exactly_like_a_plain_pytorch_loop():
-    dataset = _dataset()
+    dataset = toy_dataset(N)
     expected_net, expected_means = _plain_pytorch(dataset)
     net = _net()
     phase = Phase("toy", {"toy": net}, lambda x, y, idx: {"loss": F.cross_entropy(net(x), y)},
                   lambda x: {"toy": net(x)}, epochs=EPOCHS, seed=SEED)
-    history = _loop(dataset).fit(phase)
+    history = toy_loop(dataset, BATCH).fit(phase)
     for got, want in zip(net.parameters(), expected_net.parameters()):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     assert history.metrics["toy/loss"] == pytest.approx(expected_means, rel=1e-6)
@@ -70,13 +54,13 @@ def test_loop_trains_exactly_like_a_plain_pytorch_loop():
 
 def test_epoch_metrics_are_sample_weighted_means_of_every_term():
     """The last batch is shorter; a per-batch mean would over-weight it."""
-    dataset, logged = _dataset(), []
+    dataset, logged = toy_dataset(N), []
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(9, 3))
 
     def loss(x, y, idx):
         return {"loss": F.cross_entropy(net(x), y), "label": y.float().mean(), "index": idx.float().mean()}
 
-    history = _loop(dataset, logged).fit(Phase("toy", {"toy": net}, loss, lambda x: {"toy": net(x)},
+    history = toy_loop(dataset, BATCH, logged=logged).fit(Phase("toy", {"toy": net}, loss, lambda x: {"toy": net(x)},
                                                epochs=2, seed=SEED))
     label_mean = dataset.train.y.float().mean().item()
     assert history.metrics["toy/label"] == pytest.approx([label_mean] * 2)
@@ -85,7 +69,7 @@ def test_epoch_metrics_are_sample_weighted_means_of_every_term():
 
 
 def test_a_non_finite_loss_stops_at_its_step():
-    dataset = _dataset()
+    dataset = toy_dataset(N)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(9, 3))
     calls = []
 
@@ -95,7 +79,7 @@ def test_a_non_finite_loss_stops_at_its_step():
         return {"loss": value * float("nan") if len(calls) == 3 else value}
 
     with pytest.raises(NonFiniteLoss, match=r"phase 'toy' at epoch 1, step 3"):
-        _loop(dataset).fit(Phase("toy", {"toy": net}, loss, lambda x: {"toy": net(x)}, epochs=2, seed=SEED))
+        toy_loop(dataset, BATCH).fit(Phase("toy", {"toy": net}, loss, lambda x: {"toy": net(x)}, epochs=2, seed=SEED))
     assert len(calls) == 3
 
 

@@ -6,26 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
-from kdexp.data import memory as data
-from kdexp.run.console import PhaseProgress
-from kdexp.run.loop import Clock, Diverged, Loop, Phase
+from helpers import toy_dataset, toy_loop
+from kdexp.run.loop import Clock, Diverged, Phase
 
 N, BATCH = 40, 8
 
 
-def _dataset() -> data.Dataset:
-    g = torch.Generator().manual_seed(0)
-    split = data.Split(torch.randn(N, 1, 3, 3, generator=g), torch.arange(N) % 3)
-    return data.Dataset("toy", split, split, None, 3)
-
-
-def _loop(lr=0.01) -> Loop:
-    data_cfg = OmegaConf.create({"batch_size": BATCH, "eval_batch_size": 16, "augment": False})
-    optim = OmegaConf.create({"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 0.0, "fused": False,
-                              "scheduler": "none"})
-    return Loop(_dataset(), data_cfg, optim, PhaseProgress(False), lambda *a: None)
+def _sgd_loop(lr: float = 0.01):
+    return toy_loop(toy_dataset(N), BATCH, "sgd", lr)
 
 
 def _phase(epochs: int, seen: list | None = None) -> Phase:
@@ -55,14 +44,14 @@ def test_parts_are_trained_and_the_clock_runs():
     seen = []
     phase = _phase(2, seen)
     before = {k: v.clone() for k, v in phase.parts["hint"].state_dict().items()}
-    _loop().fit(phase)
+    _sgd_loop().fit(phase)
     assert any(not torch.equal(before[k], v) for k, v in phase.parts["hint"].state_dict().items())
     assert seen[0] == (1, 1, 2) and seen[-1] == (2, N // BATCH, 2)
 
 
 def test_resume_with_a_trainable_part_is_exact():
     straight = _phase(3)
-    history = _loop().fit(straight)
+    history = _sgd_loop().fit(straight)
     saved = {}
 
     class Stop(Exception):
@@ -75,9 +64,9 @@ def test_resume_with_a_trainable_part_is_exact():
 
     crashed = _phase(3)
     with pytest.raises(Stop):
-        _loop().fit(crashed, save=save_then_crash)
+        _sgd_loop().fit(crashed, save=save_then_crash)
     resumed = _phase(3)  # fresh models and part, as in a new process
-    resumed_history = _loop().fit(resumed, resume=saved)
+    resumed_history = _sgd_loop().fit(resumed, resume=saved)
     assert resumed_history.metrics == history.metrics
     a, b = _states(straight), _states(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -103,8 +92,8 @@ def test_a_loss_that_blows_up_stops_the_phase_as_diverged():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(9, 3))
     with pytest.raises(Diverged, match=r"phase 'toy' diverged at epoch 1: .*likely cause: optim.lr=0.01"):
-        _loop().fit(Phase("toy", {"toy": net}, loss, lambda x: {"toy": net(x)}, epochs=3, seed=0))
+        _sgd_loop().fit(Phase("toy", {"toy": net}, loss, lambda x: {"toy": net(x)}, epochs=3, seed=0))
 
 
 def test_an_ordinary_phase_does_not_count_as_diverged():
-    _loop(lr=0.1).fit(_phase(3))
+    _sgd_loop(lr=0.1).fit(_phase(3))

@@ -9,7 +9,8 @@ import mlflow
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import FAST, kdexp, run_experiment
+from conftest import FAST, run_experiment
+from helpers import kdexp
 from kdexp import tracking
 from kdexp.cli.main import CONFIG_DIR
 from kdexp.report.table import teacher_note
@@ -168,6 +169,7 @@ def test_the_command_line_refuses_a_misspelt_key_in_one_line(tmp_path):
 
 # --- end to end -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_single_run_prints_its_store_and_a_link_to_its_figures(store, capsys):
     _, run = run_experiment(["tracking.log_model=false"])
     out = capsys.readouterr().out
