@@ -57,7 +57,7 @@ def test_teacher_and_baseline_store_keys_are_those_of_before(overrides):
     assert (teacher[0], baseline[0]) == PINNED_STORE_KEYS[overrides]
 
 
-def test_terms_at_other_values_are_other_runs_but_never_other_teachers():
+def test_methods_at_other_values_are_other_runs_but_never_other_teachers():
     base = compose_cfg([], fast=False)
     keys = {run_key(compose_cfg(o, fast=False), "cpu") for o in
             ([], ["kd=dkd"], ["kd=hinton", "kd.standardize=true"], ["hint=fitnets"])}
