@@ -19,7 +19,7 @@ from kdexp.run.checkpoints import Checkpoints
 from kdexp.run.console import console, summary
 from kdexp.run.context import Context
 from kdexp.run.devices import available_devices, describe_device, resolve_device  # noqa: F401  (public names)
-from kdexp.run.preflight import check_models_fit as _check_models_fit, check_terms_fit
+from kdexp.run.preflight import check_models_fit as _check_models_fit, check_methods_fit
 from kdexp.run.metadata import default_run_name, run_params, run_tags
 from kdexp.run.model_store import ModelStore
 from kdexp.run.teacher_import import check_checkpoints
@@ -28,7 +28,7 @@ from kdexp.run.teacher_import import check_checkpoints
 def check_models_fit(cfg, dataset) -> None:
     """Every model takes the data's inputs, and the distillation methods find their layers."""
     _check_models_fit(cfg, dataset)
-    check_terms_fit(cfg, dataset)
+    check_methods_fit(cfg, dataset)
 
 
 def run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None = None,

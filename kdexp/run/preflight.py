@@ -44,23 +44,21 @@ def check_models_fit(cfg: DictConfig, dataset: data_mod.Dataset) -> None:
                               f"inputs {tuple(dataset.input_shape)}: {cause}") from None
 
 
-
-
-def check_terms_fit(cfg: DictConfig, dataset: data_mod.Dataset) -> None:
-    """Build the terms on the teacher and the student and push two samples through them: a layer
-    the model does not have, or features a term cannot use, are refused in one line."""
-    terms = [SECTIONS[s][cfg[s].name](cfg[s], cfg.loss) for s in _METHOD_SECTIONS]
-    terms = [t for t in terms if not t.plain(t.cfg)]
-    if not terms:
+def check_methods_fit(cfg: DictConfig, dataset: data_mod.Dataset) -> None:
+    """Build the methods on the teacher and the student and push two samples through them: a layer
+    the model does not have, or features a method cannot use, are refused in one line."""
+    methods = [SECTIONS[s][cfg[s].name](cfg[s], cfg.loss) for s in _METHOD_SECTIONS]
+    methods = [m for m in methods if not m.plain(m.cfg)]
+    if not methods:
         return
     sample = dataset.train.x[:2]
     student = models_mod.build(cfg.student, dataset.input_shape, dataset.num_classes, seed=0).eval()
     teacher_cfg = FAMILIES[cfg.loss.name].method_teacher(cfg)
     teacher = models_mod.build(teacher_cfg, dataset.input_shape, dataset.num_classes, seed=0).eval()
-    for term in terms:
-        term.resolve(student, teacher)
-        with Capture(student, term.student_layers(), "hint.student") as s_cap, \
-                Capture(teacher, term.teacher_layers(), "hint.teacher") as t_cap, torch.no_grad():
+    for method in methods:
+        method.resolve(student, teacher)
+        with Capture(student, method.student_layers(), "hint.student") as s_cap, \
+                Capture(teacher, method.teacher_layers(), "hint.teacher") as t_cap, torch.no_grad():
             s_out = Outputs(student(sample), dict(s_cap.features))
             t_out = Outputs(teacher(sample), dict(t_cap.features))
-            term.setup(s_out, t_out)
+            method.setup(s_out, t_out)

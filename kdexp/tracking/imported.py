@@ -10,7 +10,7 @@ from kdexp.config.checks import ConfigError
 from kdexp.tracking.connect import client, resolve_uri
 from kdexp.tracking.model_store import find_stored
 
-STORE_KEY = re.compile(r"^[0-9a-f]{24}$")  # `store.key_for`'s hex keys
+STORE_KEY = re.compile(r"^[0-9a-f]{24}$")  # the model store's hex keys (kdexp/config/identity.py)
 
 
 def _one_line(err: BaseException) -> str:
