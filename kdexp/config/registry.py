@@ -3,8 +3,9 @@
 A leaf module (it imports nothing of kdexp): the classes register themselves when their module is
 imported (`kdexp/distill/catalog.py` imports every family and method), and the schema check, the run code
 and the tags iterate these tables, so that none of them names a family or a method.
-Each registered class carries `name` (the config option), `schema` (its config dataclass) and
-`check(cfg)` (cross-field checks on the whole typed config, raising `ConfigError`).
+Each registered class carries `name` (the config option), `schema` (its config dataclass),
+`typed(section)` (what the schema cannot type, before any check) and `check(cfg)` (cross-field
+checks on the whole typed config, raising `ConfigError`; they never write it).
 """
 
 from __future__ import annotations
