@@ -15,8 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from helpers import FOREIGN_ENV, REPOSITORY, sqlite_uri
-from helpers import kdexp  # noqa: F401  (tests/test_owners.py imports it from here)
-from kdexp.cli.main import CONFIG_DIR
+from kdexp.config.paths import CONFIG_DIR
 from kdexp.distill import catalog  # noqa: F401  (families and terms register, as the CLI does)
 from kdexp.config.sections import validate
 

@@ -5,7 +5,8 @@ run identity; a sweep is refused before any work only when no job of it reads th
 import mlflow
 import pytest
 
-from conftest import FAST, compose_cfg, kdexp
+from conftest import FAST, compose_cfg
+from helpers import kdexp
 from kdexp.config.checks import ConfigError
 from kdexp.config.identity import run_key
 from kdexp.config.owners import ignored_settings, override_keys, refuse_ignored

@@ -30,15 +30,16 @@ def ignores(ignored: dict[str, str], key: str) -> str | None:
     return None
 
 
+def override_key(override: str) -> str:
+    """`+loss.alpha=0.5` → `loss.alpha`; `model@student=cnn` → `model@student`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def override_keys(overrides: Iterable[str]) -> list[str]:
     """The config keys the overrides set (`loss.temperature=2,8` → `loss.temperature`); group
     choices (`kd=dkd`, `model@teacher=cnn`) and Hydra's own keys are not settings of a run."""
-    keys = []
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if "." in key and "@" not in key and not key.startswith("hydra."):
-            keys.append(key)
-    return keys
+    keys = [override_key(override) for override in overrides]
+    return [key for key in keys if "." in key and "@" not in key and not key.startswith("hydra.")]
 
 
 def refuse_ignored(job_cfgs: list, overrides: Iterable[str]) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 
+from kdexp.config.owners import override_key
+
 _NEXT_OVERRIDE = re.compile(r" (?=[+~]*[A-Za-z_][\w.@/-]*=)")
 NAME_LIMIT = 250  # MLflow's limit on a run name
 COMMON_KEYS_TAG = "kdexp.common_keys"  # on a sweep parent, JSON: the keys every job sets alike
@@ -18,11 +20,6 @@ COMMON_KEYS_TAG = "kdexp.common_keys"  # on a sweep parent, JSON: the keys every
 def split_overrides(text: str) -> list[str]:
     text = text.strip()
     return [] if not text or text == "(none)" else _NEXT_OVERRIDE.split(text)
-
-
-def override_key(override: str) -> str:
-    """`+loss.alpha=0.5` → `loss.alpha`; `model@student=cnn` → `model@student`."""
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def job_name(overrides: str, common_keys: list[str]) -> str | None:

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from kdexp.tracking.connect import client, git_commit, open_tracking_store, prepare, resolve_uri, search_all
-from kdexp.tracking.job_names import COMMON_KEYS_TAG, override_key, sweep_name
+from kdexp.config.owners import override_key
+from kdexp.tracking.job_names import COMMON_KEYS_TAG, sweep_name
 from kdexp.tracking.reader import REUSED_PREFIX, RunRecord, jobs_of, record
 from kdexp.tracking.runs import PARAM_LIMIT
 from kdexp.tracking.ui import KEY_METRICS, rounded, sweep_view
