@@ -121,6 +121,9 @@ def toy_loop(dataset, batch_size: int, optimizer: str = "adam", lr: float = 0.01
     from omegaconf import OmegaConf
 
     from kdexp.run.console import PhaseProgress
+    import torch
+
+    from kdexp.data.memory import MemorySource
     from kdexp.run.loop import Loop
 
     data_cfg = OmegaConf.create({"batch_size": batch_size, "eval_batch_size": 16, "augment": False})
@@ -128,7 +131,8 @@ def toy_loop(dataset, batch_size: int, optimizer: str = "adam", lr: float = 0.01
     if optimizer == "sgd":
         optim["momentum"] = 0.9
     on_epoch = (lambda phase, epoch, m: logged.append(m)) if logged is not None else (lambda *a: None)
-    return Loop(dataset, data_cfg, OmegaConf.create(optim), PhaseProgress(False), on_epoch)
+    source = MemorySource(dataset, data_cfg, torch.device("cpu"))
+    return Loop(source, OmegaConf.create(optim), PhaseProgress(False), on_epoch)
 
 
 # --- the rest -------------------------------------------------------------------------------------

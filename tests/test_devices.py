@@ -95,7 +95,7 @@ def _fit(precision, device="cpu", epochs=3):
 
     optim = OmegaConf.create({"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0,
                               "scheduler": "none"})
-    loop = Loop(dataset, _data_cfg(), optim, PhaseProgress(False), lambda *a: None, precision=precision)
+    loop = Loop(data.MemorySource(dataset, _data_cfg(), torch.device(device)), optim, PhaseProgress(False), lambda *a: None, precision=precision)
     history = loop.fit(Phase("toy", {"toy": net}, loss, lambda x: {"toy": net(x)}, epochs=epochs, seed=0))
     return net, history, seen
 
@@ -122,8 +122,9 @@ def test_evaluate_runs_under_the_precision_it_is_given():
         dtypes.append(out.dtype)
         return {"net": out}
 
-    a = evaluate(predict, {"net": net}, dataset.test, 100, "bf16")
-    b = evaluate(predict, {"net": net}, dataset.test, 100)
+    source = data.MemorySource(dataset, OmegaConf.create({"eval_batch_size": 100}), torch.device("cpu"))
+    a = evaluate(predict, {"net": net}, source, "test", "bf16")
+    b = evaluate(predict, {"net": net}, source, "test")
     assert dtypes == [torch.bfloat16] * 3 + [torch.float32] * 3
     assert abs(a["net"] - b["net"]) <= 2
 
@@ -136,7 +137,7 @@ class _NoRun:
 def test_cached_teacher_logits_are_float32_on_the_data_device_under_bf16():
     cfg = compose_cfg(["trainer.precision=bf16"])
     dataset = _toy()
-    ctx = Context(cfg, dataset, _NoRun(), torch.device("cpu"))
+    ctx = Context(cfg, data.MemorySource(dataset, cfg.data, torch.device("cpu")), _NoRun(), torch.device("cpu"))
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
     logits = ctx.frozen_logits(teacher)
     idx = torch.tensor([0, 5, 7])

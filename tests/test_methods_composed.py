@@ -54,7 +54,7 @@ def test_the_default_terms_compute_the_loss_of_before_to_the_last_bit(store):
         def tags(self, *a):
             pass
 
-    ctx = Context(cfg, dataset, NoRun(), torch.device("cpu"))
+    ctx = Context(cfg, data_mod.MemorySource(dataset, cfg.data, torch.device("cpu")), NoRun(), torch.device("cpu"))
     teacher = ctx.build(cfg.teacher, "teacher").eval().requires_grad_(False)
     student = ctx.build(cfg.student, "student")
     cached = ctx.frozen_logits(teacher)

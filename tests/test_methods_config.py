@@ -2,6 +2,7 @@
 layer checks that need the models (before any training)."""
 
 import pytest
+import torch
 
 from conftest import compose_cfg
 from kdexp.data import memory as data_mod
@@ -75,7 +76,8 @@ def test_bad_values_are_refused_in_one_line(overrides, needle):
 
 @pytest.fixture(scope="module")
 def mnist5k():
-    return data_mod.load(compose_cfg([]).data)
+    cfg = compose_cfg([]).data
+    return data_mod.MemorySource(data_mod.load(cfg), cfg, torch.device("cpu"))
 
 
 def test_a_layer_the_model_lacks_is_refused_with_its_layer_names(mnist5k):

@@ -27,7 +27,7 @@ def _key(overrides=()):
     The data are two blank MNIST-shaped images; the key is made from the config alone."""
     cfg = compose_cfg(list(overrides))
     blank = data.Split(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
-    ctx = Context(cfg, data.Dataset("blank", blank, blank, None, 10), None, torch.device("cpu"), store=_KeyOnly())
+    ctx = Context(cfg, data.MemorySource(data.Dataset("blank", blank, blank, None, 10), cfg.data, torch.device("cpu")), None, torch.device("cpu"), store=_KeyOnly())
     with pytest.raises(_Asked) as asked:
         ctx.teacher(cfg.teacher)
     return asked.value.args[0]

@@ -205,7 +205,7 @@ def test_loop_steps_the_schedule_per_epoch_and_logs_lr():
     data_cfg = OmegaConf.create({"batch_size": 16, "eval_batch_size": 32, "name": "toy",
                                  "augmentation": "shift", "max_shift": 1, "crop_padding": 4})
     logged = []
-    loop = Loop(dataset, data_cfg, _optim(scheduler="multistep", milestones=[1, 2], gamma=0.5),
+    loop = Loop(data.MemorySource(dataset, data_cfg, torch.device("cpu")), _optim(scheduler="multistep", milestones=[1, 2], gamma=0.5),
                 PhaseProgress(False), lambda phase, epoch, m: logged.append(m))
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
     phase = Phase("toy", {"toy": net}, lambda x, y, idx: {"loss": torch.nn.functional.cross_entropy(net(x), y)},

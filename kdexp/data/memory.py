@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from kdexp.config.sections import AUGMENTATIONS, ConfigError
+from kdexp.data.source import Shard, Source, epoch_order, global_batches
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -261,16 +262,60 @@ def make_augmenter(cfg, generator: torch.Generator) -> Callable[[torch.Tensor], 
 
 
 def batches(split: Split, batch_size: int, generator: torch.Generator,
-            augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+            augment: Callable[[torch.Tensor], torch.Tensor] | None = None, shard: Shard = Shard()
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Shuffled mini-batches `(x, y, index)`; the index lets callers look up cached per-sample data."""
-    order = torch.randperm(len(split), generator=generator).to(split.x.device)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        x = split.x.index_select(0, idx)  # several times faster than fancy indexing for small batches
-        yield (augment(x) if augment else x), split.y.index_select(0, idx), idx
+    """Shuffled mini-batches `(x, y, index)` of `split`: this shard's rows of each global batch.
+    With augmentation the whole global batch is augmented before it is cut, so that every image
+    gets the draw it gets on one process (augmenting costs little beside the models)."""
+    order = epoch_order(len(split), generator).to(split.x.device)
+    for idx in global_batches(order, batch_size):
+        if augment is not None:
+            x = shard.take(augment(split.x.index_select(0, idx)))
+            idx = shard.take(idx)
+        else:
+            idx = shard.take(idx)
+            x = split.x.index_select(0, idx)  # several times faster than fancy indexing for small batches
+        yield x, split.y.index_select(0, idx), idx
 
 
-def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(split: Split, batch_size: int, shard: Shard = Shard()
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """`split` in index order, `batch_size` at a time: `(x, y, index)`, this shard's rows."""
     for start in range(0, len(split), batch_size):
-        yield split.x[start:start + batch_size], split.y[start:start + batch_size]
+        if shard.world == 1:
+            idx = torch.arange(start, min(start + batch_size, len(split)), device=split.x.device)
+            yield split.x[start:start + batch_size], split.y[start:start + batch_size], idx
+        else:
+            idx = shard.take(torch.arange(start, min(start + batch_size, len(split)), device=split.x.device))
+            yield split.x.index_select(0, idx), split.y.index_select(0, idx), idx
+
+
+class MemorySource(Source):
+    """A `Dataset` of tensors (already on the run's device) as a batch source."""
+
+    def __init__(self, dataset: Dataset, cfg, device: torch.device, shard: Shard = Shard()):
+        super().__init__(cfg, device, shard)
+        self.dataset = dataset
+        self.name = dataset.name
+        self.num_classes = dataset.num_classes
+        self.input_shape = dataset.input_shape
+
+    @property
+    def eval_splits(self) -> tuple[str, ...]:
+        return ("test",) if self.dataset.val is None else ("test", "val")
+
+    def _split(self, name: str) -> Split:
+        return getattr(self.dataset, name)
+
+    def size(self, split: str) -> int:
+        return len(self._split(split))
+
+    def train_batches(self, generator: torch.Generator, augment: bool):
+        augmenter = make_augmenter(self.cfg, generator) if augment else None
+        return batches(self.dataset.train, self.cfg.batch_size, generator, augmenter, self.shard)
+
+    def eval_batches(self, split: str):
+        return eval_batches(self._split(split), self.cfg.eval_batch_size, self.shard)
+
+    def sample(self, n: int = 2, split: str = "train") -> torch.Tensor:
+        return self._split(split).x[:n]

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from kdexp.config.identity import imported_key_for, key_for, logits_key_for, stable_section
-from kdexp.data import memory as data_mod
+from kdexp.data.source import Source
 from kdexp.distill.compose import FrozenLogits
 from kdexp.distill.functional import labels_only
 from kdexp.distill.phase import History, Phase, PredictFn
@@ -71,17 +71,17 @@ def supervised_key(cfg: DictConfig, model_cfg, init_role: str, epochs: int, augm
 
 
 class Context:
-    def __init__(self, cfg: DictConfig, dataset: data_mod.Dataset, run, device: torch.device,
+    def __init__(self, cfg: DictConfig, source: Source, run, device: torch.device,
                  checkpoints: Checkpoints | None = None, store: ModelStore | None = None):
         self.cfg = cfg
-        self.dataset = dataset
+        self.source = source
         self.run = run
         self.device = device
         self.checkpoints = checkpoints
         self.store = store
         self.histories: dict[str, History] = {}
         self.store_keys: dict[str, str] = {}  # role → key of the model-store entry its model came from
-        self.loop = Loop(dataset, cfg.data, cfg.optim, PhaseProgress(cfg.trainer.progress), self._log_epoch,
+        self.loop = Loop(source, cfg.optim, PhaseProgress(cfg.trainer.progress), self._log_epoch,
                          precision=cfg.trainer.precision)
 
     # --- seeds and models ---
@@ -90,7 +90,7 @@ class Context:
         return role_seed(self.cfg.seed, role)
 
     def build(self, model_cfg, role: str) -> nn.Module:
-        model = models_mod.build(model_cfg, self.dataset.input_shape, self.dataset.num_classes, self.seed(role))
+        model = models_mod.build(model_cfg, self.source.input_shape, self.source.num_classes, self.seed(role))
         model = model.to(self.device)
         if self.cfg.trainer.compile:
             model.compile()  # in place: parameter names, hence state dicts, stay those of the model
@@ -106,7 +106,7 @@ class Context:
 
     def probe_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Two training inputs and their indices: what methods size their trainable parts from."""
-        x = self.dataset.train.x[:2]
+        x = self.source.sample(2)
         return x, torch.arange(2, device=x.device)
 
     # --- training and judging ---
@@ -136,8 +136,7 @@ class Context:
                  precision: str | None = None) -> dict[str, dict[str, float]]:
         """`{split: {model: accuracy %}}` on the held-out splits there are (test, and val)."""
         precision = self.cfg.trainer.precision if precision is None else precision
-        return {name: evaluate(predict, models, split, self.cfg.data.eval_batch_size, precision)
-                for name in ("test", "val") if (split := getattr(self.dataset, name)) is not None}
+        return {name: evaluate(predict, models, self.source, name, precision) for name in self.source.eval_splits}
 
     def val_acc(self, history: History, name: str) -> float | None:
         key = f"{name}/val_acc"
@@ -238,9 +237,9 @@ class Context:
 
     def _refuse_chance_level(self, history: History, role: str) -> None:
         """A teacher at chance level fails the run before any student is distilled from it."""
-        acc, chance = history.last(f"{role}/test_acc"), 100.0 / self.dataset.num_classes
+        acc, chance = history.last(f"{role}/test_acc"), 100.0 / self.source.num_classes
         if self.cfg.trainer.fail_at_chance and acc <= CHANCE_FACTOR * chance:
-            raise Diverged(f"{role} ended at chance level ({acc:.2f} % on {self.dataset.num_classes} classes, "
+            raise Diverged(f"{role} ended at chance level ({acc:.2f} % on {self.source.num_classes} classes, "
                            f"chance {chance:.2f} %); the run FAILED before distilling a student; likely cause: "
                            f"optim.lr={self.cfg.optim.lr:g} (too high or too low), or too few trainer.teacher_epochs "
                            f"(trainer.fail_at_chance=false lets it pass)")
@@ -261,8 +260,11 @@ class Context:
 
         def compute() -> torch.Tensor:
             with torch.no_grad(), autocast(self.device, self.cfg.trainer.precision):
-                batches = data_mod.eval_batches(self.dataset.train, self.cfg.data.eval_batch_size)
-                return torch.cat([model(x).float() for x, _ in batches])
+                parts = [(idx, model(x).float()) for x, _, idx in self.source.eval_batches("train")]
+            logits = torch.empty(self.source.size("train"), parts[0][1].shape[1], device=self.device)
+            for idx, part in parts:
+                logits[idx] = part
+            return logits
 
         cached = self._stored_logits(role, compute) if role in self.store_keys else compute()
         return lambda x, idx: cached.index_select(0, idx)  # = cached[idx], faster for small batches

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from kdexp.data import memory as data_mod
+from kdexp.data.sources import open_source
 from kdexp.run.checkpoints import Checkpoints
 from kdexp.run.console import console, summary
 from kdexp.run.context import Context
@@ -25,10 +25,10 @@ from kdexp.run.model_store import ModelStore
 from kdexp.run.teacher_import import check_checkpoints
 
 
-def check_models_fit(cfg, dataset) -> None:
+def check_models_fit(cfg, source) -> None:
     """Every model takes the data's inputs, and the distillation methods find their layers."""
-    _check_models_fit(cfg, dataset)
-    check_methods_fit(cfg, dataset)
+    _check_models_fit(cfg, source)
+    check_methods_fit(cfg, source)
 
 
 def run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None = None,
@@ -71,11 +71,10 @@ def _run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None, parent_r
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     device = resolve_device(cfg.trainer.device, cfg.trainer.precision)
-    dataset = data_mod.load(cfg.data)
-    check_models_fit(cfg, dataset)
-    dataset = dataset.to(device)
+    source = open_source(cfg.data, device)
+    check_models_fit(cfg, source)
     tracking.prepare(cfg.tracking.uri, cfg.tracking.experiment)
-    imported = check_checkpoints(cfg, dataset.input_shape, dataset.num_classes)  # a runs:/ URI needs the store
+    imported = check_checkpoints(cfg, source.input_shape, source.num_classes)  # a runs:/ URI needs the store
     key = run_key(cfg, device.type, imported)
     with run_lock(cfg.trainer.checkpoint_dir, key):
         previous = tracking.find_run(cfg.tracking.experiment, key) if cfg.trainer.rerun == "skip" else None
@@ -93,10 +92,10 @@ def _run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None, parent_r
         if resume_id:
             console.print(f"kdexp: resuming MLflow run {resume_id} ({previous.status}) from its checkpoints")
         checkpoints = Checkpoints(cfg.trainer.checkpoint_dir, key, run.run_id)
-        return _track(cfg, hydra_dir, dataset, device, run, checkpoints, started)
+        return _track(cfg, hydra_dir, source, device, run, checkpoints, started)
 
 
-def _track(cfg, hydra_dir, dataset, device, run, checkpoints, started: float) -> float:
+def _track(cfg, hydra_dir, source, device, run, checkpoints, started: float) -> float:
     """Everything inside the MLflow run: a raise ends it FAILED (KILLED on Ctrl-C or SIGTERM),
     error recorded, checkpoints kept for the resume; a FINISHED run's checkpoints are removed
     unless `trainer.keep_checkpoints`."""
@@ -112,7 +111,7 @@ def _track(cfg, hydra_dir, dataset, device, run, checkpoints, started: float) ->
         if hydra_dir is not None:
             run.folder(hydra_dir, "hydra")
         store = ModelStore(cfg.store, cfg.tracking)
-        ctx = Context(cfg, dataset, run, device, checkpoints, store)
+        ctx = Context(cfg, source, run, device, checkpoints, store)
         outcome = FAMILIES[cfg.loss.name](ctx).run()
         wall = time.perf_counter() - started
         outcome.metrics["wall_time_s"] = wall
@@ -124,7 +123,7 @@ def _track(cfg, hydra_dir, dataset, device, run, checkpoints, started: float) ->
         run.figure(figure, "learning_curves.png")
         plots.close(figure)
         if cfg.tracking.log_model:
-            example = dataset.test.x[:2].cpu().numpy()
+            example = source.sample(2, "test").cpu().numpy()
             for name, model in outcome.deploy.items():
                 uri = run.model(model.cpu().eval(), name, example)
                 run.tags({f"{name}_model_uri": uri})

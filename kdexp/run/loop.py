@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kdexp.data import memory as data_mod
+from kdexp.data.source import Source
 from kdexp.distill.functional import accuracy
 from kdexp.distill.phase import Clock, History, Phase, PredictFn  # noqa: F401  (the loop's inputs)
 
@@ -75,39 +75,33 @@ def autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def evaluate(predict: PredictFn, models: dict[str, nn.Module], split, batch_size: int,
+def evaluate(predict: PredictFn, models: dict[str, nn.Module], source: Source, split: str,
              precision: str = "32") -> dict[str, float]:
-    """Accuracy (in %) of every model `predict` returns, in eval mode; restores train mode."""
+    """Accuracy (in %) on `split` of every model `predict` returns, in eval mode; restores train mode."""
     modes = {name: m.training for name, m in models.items()}
     for m in models.values():
         m.eval()
     correct: dict[str, torch.Tensor] = {}
-    for x, y in data_mod.eval_batches(split, batch_size):
+    for x, y, _ in source.eval_batches(split):
         with autocast(x.device, precision):
             predicted = predict(x)
         for name, logits in predicted.items():
             correct[name] = correct.get(name, 0) + accuracy(logits, y)
     for name, m in models.items():
         m.train(modes[name])
-    return {name: 100.0 * float(c) / len(split) for name, c in correct.items()}
+    return {name: 100.0 * float(c) / source.size(split) for name, c in correct.items()}
 
 
 class Loop:
     """Runs phases on one data set with one optimiser recipe; reports through `on_epoch`."""
 
-    def __init__(self, dataset, data_cfg, optim_cfg, progress, on_epoch: Callable[[str, int, dict], None],
+    def __init__(self, source: Source, optim_cfg, progress, on_epoch: Callable[[str, int, dict], None],
                  precision: str = "32"):
-        self.dataset = dataset
-        self.data_cfg = data_cfg
+        self.source = source
         self.optim_cfg = optim_cfg
         self.progress = progress
         self.on_epoch = on_epoch
         self.precision = str(precision)
-
-    def _augmenter(self, phase: Phase, generator: torch.Generator):
-        if not phase.augment:
-            return None
-        return data_mod.make_augmenter(self.data_cfg, generator)
 
     def fit(self, phase: Phase, resume: dict | None = None,
             save: Callable[[dict], None] | None = None) -> History:
@@ -130,9 +124,8 @@ class Loop:
             generator.set_state(resume["generator"])
             history.metrics = {k: list(v) for k, v in resume["history"].items()}
             first_epoch = resume["epoch"] + 1
-        augment = self._augmenter(phase, generator)
-        train = self.dataset.train
-        steps = math.ceil(len(train) / self.data_cfg.batch_size)
+        size = self.source.size("train")
+        steps = math.ceil(size / self.source.cfg.batch_size)
         for m in trained.values():
             m.train()
         clock = phase.clock
@@ -143,9 +136,7 @@ class Loop:
                 # run repeats exactly what an uninterrupted one does.
                 torch.manual_seed(phase.seed * 10_007 + epoch)
                 names, sums = None, None
-                for step, (x, y, idx) in enumerate(
-                    data_mod.batches(train, self.data_cfg.batch_size, generator, augment), start=1
-                ):
+                for step, (x, y, idx) in enumerate(self.source.train_batches(generator, phase.augment), start=1):
                     clock.epoch, clock.step = epoch, step
                     with autocast(x.device, self.precision):  # forward and loss; backward outside
                         terms = phase.step_loss(x, y, idx)
@@ -165,18 +156,14 @@ class Loop:
                     else:
                         sums.add_(values, alpha=len(y))
                     bar.advance(epoch, step, loss)
-                means = (sums / len(train)).tolist()
+                means = (sums / size).tolist()
                 metrics = {f"{phase.name}/{k}": v for k, v in zip(names, means)}
                 self._check_diverged(metrics[f"{phase.name}/loss"], first_loss, phase, epoch)
                 if scheduler is not None:  # log the epoch's learning rate, then move to the next one
                     metrics[f"{phase.name}/lr"] = optimizer.param_groups[0]["lr"]
                     scheduler.step()
-                for split_name in ("test", "val"):
-                    split = getattr(self.dataset, split_name)
-                    if split is None:
-                        continue
-                    accs = evaluate(phase.predict, phase.models, split, self.data_cfg.eval_batch_size,
-                                    self.precision)
+                for split_name in self.source.eval_splits:
+                    accs = evaluate(phase.predict, phase.models, self.source, split_name, self.precision)
                     metrics.update({f"{name}/{split_name}_acc": acc for name, acc in accs.items()})
                 history.add(metrics)
                 if save is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from kdexp.data import memory as data_mod
+from kdexp.data.source import Source
 from kdexp.models import factory as models_mod
 from kdexp.distill.features import Capture
 from kdexp.config.registry import FAMILIES, SECTIONS
@@ -27,13 +27,13 @@ def _model_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     return found
 
 
-def check_models_fit(cfg: DictConfig, dataset: data_mod.Dataset) -> None:
+def check_models_fit(cfg: DictConfig, source: Source) -> None:
     """Build every model once and push two samples through it, so that a model that does not fit
     the data's shape is refused in one line before any run starts."""
-    sample = dataset.train.x[:2]
+    sample = source.sample(2).cpu()
     for where, model_cfg in _model_configs(cfg).items():
         try:
-            model = models_mod.build(model_cfg, dataset.input_shape, dataset.num_classes, seed=0)
+            model = models_mod.build(model_cfg, source.input_shape, source.num_classes, seed=0)
             with torch.no_grad():
                 model.eval()(sample)
         except ConfigError as err:  # the builder names the section "model."; say which one it is
@@ -41,20 +41,20 @@ def check_models_fit(cfg: DictConfig, dataset: data_mod.Dataset) -> None:
         except (RuntimeError, ValueError) as err:
             cause = " ".join(str(err).split())[:200]
             raise ConfigError(f"{where}={models_mod.describe(model_cfg)} does not fit {cfg.data.name} "
-                              f"inputs {tuple(dataset.input_shape)}: {cause}") from None
+                              f"inputs {tuple(source.input_shape)}: {cause}") from None
 
 
-def check_methods_fit(cfg: DictConfig, dataset: data_mod.Dataset) -> None:
+def check_methods_fit(cfg: DictConfig, source: Source) -> None:
     """Build the methods on the teacher and the student and push two samples through them: a layer
     the model does not have, or features a method cannot use, are refused in one line."""
     methods = [SECTIONS[s][cfg[s].name](cfg[s], cfg.loss) for s in _METHOD_SECTIONS]
     methods = [m for m in methods if not m.plain(m.cfg)]
     if not methods:
         return
-    sample = dataset.train.x[:2]
-    student = models_mod.build(cfg.student, dataset.input_shape, dataset.num_classes, seed=0).eval()
+    sample = source.sample(2).cpu()
+    student = models_mod.build(cfg.student, source.input_shape, source.num_classes, seed=0).eval()
     teacher_cfg = FAMILIES[cfg.loss.name].method_teacher(cfg)
-    teacher = models_mod.build(teacher_cfg, dataset.input_shape, dataset.num_classes, seed=0).eval()
+    teacher = models_mod.build(teacher_cfg, source.input_shape, source.num_classes, seed=0).eval()
     for method in methods:
         method.resolve(student, teacher)
         with Capture(student, method.student_layers(), "hint.student") as s_cap, \

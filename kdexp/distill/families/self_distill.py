@@ -90,7 +90,7 @@ class SelfDistillation(Family):
     def _multi_exit(self):
         ctx = self.ctx
         net = ctx.build(ctx.cfg.student, "student")
-        return multi_exit(net, ctx.dataset.input_shape, ctx.dataset.num_classes, ctx.seed("student/exits"))
+        return multi_exit(net, ctx.source.input_shape, ctx.source.num_classes, ctx.seed("student/exits"))
 
     def _exit_phase(self, name: str, model, prefix: str, alpha: float, feature_weight: float) -> Phase:
         ctx, T = self.ctx, self.cfg.temperature
