@@ -117,7 +117,7 @@ def test_ctkd_temperature_gradient_is_reversed_and_scaled_by_the_curriculum():
 
 def test_fitnets_is_zero_when_the_connected_features_match():
     fit = term(HINT_METHODS, "fitnets")
-    fit.student_layer, fit.teacher_layer = "s", "t"
+    fit.student_names, fit.teacher_names = ["s"], ["t"]
     f = torch.randn(4, 6)
     s, t = Outputs(Z_S[:4], {"s": f}), Outputs(Z_T[:4], {"t": f.clone()})
     fit.setup(s, t)
@@ -166,3 +166,45 @@ def test_the_composed_loss_sends_gradients_only_to_the_student_and_its_parts():
     assert all(p.grad is not None for p in student.parameters())
     assert all(p.grad is None for p in teacher.parameters())  # the teacher is never trained through it
     assert not student._forward_hooks and all(not m._forward_hooks for m in student.modules())
+
+
+def test_capture_takes_a_modules_input_by_the_input_suffix():
+    from kdexp.distill.features import Capture
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
+    x = torch.tensor([[1.0, 2.0, 3.0], [-1.0, -2.0, -3.0]])  # opposite rows: negatives before the ReLU
+    with torch.no_grad():
+        net[0].bias.zero_()
+    with Capture(net, ["1:input", "1"]) as cap:
+        out = net(x)
+    pre = net[0](x)
+    torch.testing.assert_close(cap.features["1:input"], pre)  # before the ReLU: negatives kept
+    torch.testing.assert_close(cap.features["1"], out)
+    assert (cap.features["1:input"] < 0).any()
+
+
+def test_layer_lists_pair_in_order_and_default_to_the_recipes_stages():
+    from kdexp.distill.methods.hint_layers import LayerPairMethod, pick_stages
+
+    assert pick_stages(["stages.0", "stages.1", "stages.2"], (0, 1, 2)) == ["stages.0", "stages.1", "stages.2"]
+    assert pick_stages(["stages.0", "stages.1"], (0, 1, 2)) == ["stages.0", "stages.1"]  # a 2-stage model
+    assert pick_stages(["stages.0", "stages.1", "stages.2"], (1,)) == ["stages.1"]
+
+    class Multi(LayerPairMethod):
+        name, single, default_stages = "multi", False, (0, 1, 2)
+
+    from kdexp.models.staged import StagedNet
+
+    def staged(n):
+        return StagedNet([torch.nn.Identity() for _ in range(n)], torch.nn.Identity())
+
+    m = Multi(OmegaConf.create({"student": None, "teacher": None, "weight": 1.0}), None)
+    m.resolve(staged(3), staged(3))
+    assert m.student_layers() == m.teacher_layers() == ["stages.0", "stages.1", "stages.2"]
+    m = Multi(OmegaConf.create({"student": None, "teacher": None, "weight": 1.0}), None)
+    m.resolve(staged(2), staged(3))  # as many pairs as both have: the last ones
+    assert m.student_layers() == ["stages.0", "stages.1"] and m.teacher_layers() == ["stages.1", "stages.2"]
+    m = Multi(OmegaConf.create({"student": ["a", "b"], "teacher": ["c", "d"], "weight": 1.0}), None)
+    m.resolve(staged(3), staged(3))
+    s, t = Outputs(Z_S, {"a": 1, "b": 2}), Outputs(Z_T, {"c": torch.ones(1), "d": torch.zeros(1)})
+    assert [p[0] for p in m.pairs(s, t)] == [1, 2]

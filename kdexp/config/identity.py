@@ -40,7 +40,10 @@ ADDED: dict[str, Any] = {
 # Keys added to the sections a store entry's key hashes (a model config, `data`, `optim`), by path
 # inside the section. They count for the run key too (under teacher/student, data, optim).
 # issue 16: `checkpoint` (an imported teacher); null is a model trained by kdexp, as before.
-ADDED_IN_SECTIONS: dict[str, dict[str, Any]] = {"model": {"checkpoint": None}, "data": {}, "optim": {}}
+# issue 24: the image-folder settings; at their defaults they change nothing for the other data sets.
+ADDED_IN_SECTIONS: dict[str, dict[str, Any]] = {"model": {"checkpoint": None}, "optim": {}, "data": {
+    "image_size": 224, "channels": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+    "in_memory": "auto", "memory_budget_mb": 2048, "workers": None, "prefetch": 2, "skip_bad_files": False}}
 
 
 def _run_table() -> dict[str, Any]:

@@ -52,6 +52,22 @@ class DataConfig:
     limit_train: Optional[int] = None
     batch_size: int = 64
     eval_batch_size: int = 1000
+    # --- image folders (data=imagefolder|imagenet|tiny_imagenet; docs/data.md) ---
+    # Side of the square images models see (train: RandomResizedCrop; eval: Resize to side/0.875 + CenterCrop).
+    image_size: int = 224
+    # 3 (decoded as RGB) or 1 (grey); mean and std per channel, pixels scaled to [0, 1].
+    channels: int = 3
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # auto: decoded once into memory when the decoded set fits memory_budget_mb, else streamed; true | false.
+    in_memory: str = "auto"
+    memory_budget_mb: int = 2048
+    # DataLoader worker processes; null = the threads kdexp uses (at most 8); 0 = read in the main process.
+    workers: Optional[int] = None
+    # Batches each worker prepares ahead.
+    prefetch: int = 2
+    # Skip (count and log) files that are not images or are truncated, instead of refusing them.
+    skip_bad_files: bool = False
 
 
 @dataclass
@@ -132,7 +148,8 @@ class Config:
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-AUGMENTATIONS = ("shift", "crop_flip")
+AUGMENTATIONS = ("shift", "crop_flip", "resized_crop_flip")
+IN_MEMORY = ("auto", "true", "false")
 SCHEDULERS = ("none", "multistep", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("32", "bf16")
@@ -161,6 +178,7 @@ def _check_ranges(cfg: DictConfig) -> None:
     require(0 <= d.crop_padding <= 16, "data.crop_padding", d.crop_padding, "must be in [0, 16]")
     require(d.limit_train is None or d.limit_train >= 1, "data.limit_train", d.limit_train,
             "must be >= 1 or null")
+    _check_images(d)
     require(o.name in OPTIMIZERS, "optim.name", o.name, f"allowed: {', '.join(OPTIMIZERS)}")
     require(math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "must be a finite number > 0")
     require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
@@ -173,6 +191,19 @@ def _check_ranges(cfg: DictConfig) -> None:
     require(0 <= o.min_lr < o.lr, "optim.min_lr", o.min_lr, "must be in [0, optim.lr)")
     for section in ("teacher", "student"):
         check_model(section, cfg[section])
+
+
+def _check_images(d: DictConfig) -> None:
+    """The image-folder settings (read by kdexp/data/folder.py)."""
+    require(8 <= d.image_size <= 1024, "data.image_size", d.image_size, "must be in [8, 1024]")
+    require(d.channels in (1, 3), "data.channels", d.channels, "allowed: 1, 3")
+    for key in ("mean", "std"):
+        require(len(d[key]) == d.channels, f"data.{key}", list(d[key]), f"needs data.channels={d.channels} values")
+    require(all(s > 0 for s in d.std), "data.std", list(d.std), "every value must be > 0")
+    require(str(d.in_memory).lower() in IN_MEMORY, "data.in_memory", d.in_memory, f"allowed: {', '.join(IN_MEMORY)}")
+    require(d.memory_budget_mb >= 0, "data.memory_budget_mb", d.memory_budget_mb, "must be >= 0")
+    require(d.workers is None or d.workers >= 0, "data.workers", d.workers, "must be >= 0 or null")
+    require(d.prefetch >= 1, "data.prefetch", d.prefetch, "must be >= 1")
 
 
 # Sections typed by a fixed schema.

@@ -3,7 +3,8 @@
 `layer_names(model)` lists the names a config may use (`stages.1`, `head.1`, `layer3.0.conv1`: the
 dotted paths of `model.named_modules()`), on kdexp's MLP/CNN, the CIFAR ResNets and any torchvision
 model alike. `Capture(model, names)` registers one hook per name; after each forward, `features`
-holds each named module's output. Hooks are removed on `close()` (or leaving the `with` block), so
+holds each named module's output — or, for a name ending in `:input`, the module's input (the
+pre-activation feature of a block is the input of its last `relu`: `stages.2.4.relu:input`). Hooks are removed on `close()` (or leaving the `with` block), so
 a model that is saved or shipped afterwards carries none.
 """
 
@@ -18,6 +19,18 @@ from kdexp.config.checks import ConfigError
 def layer_names(model: nn.Module) -> list[str]:
     """Every named submodule of `model`, in definition order."""
     return [name for name, _ in model.named_modules() if name]
+
+
+INPUT = ":input"
+
+
+def stage_names(model: nn.Module) -> list[str]:
+    """The outputs of the model's stages (`stages.0`, `stages.1`, ...): what "the k-th stage" of a
+    method's recipe means on a `StagedNet`; a model without stages has one, its last module."""
+    stages = getattr(model, "stages", None)
+    if isinstance(stages, nn.ModuleList) and len(stages):
+        return [f"stages.{i}" for i in range(len(stages))]
+    return [default_layer(model)]
 
 
 def default_layer(model: nn.Module) -> str:
@@ -36,10 +49,12 @@ def default_layer(model: nn.Module) -> str:
 def find_layer(model: nn.Module, name: str, key: str) -> nn.Module:
     """`model`'s submodule `name`, or a one-line ConfigError naming `key` and the allowed names."""
     modules = dict(model.named_modules())
+    name = name.removesuffix(INPUT) if isinstance(name, str) else name
     if not name or name not in modules:
         names = layer_names(model)
         shown = ", ".join(names if len(names) <= 40 else names[:40] + [f"... ({len(names)} in all)"])
-        raise ConfigError(f"{key}={name!r} is not a layer of this model; its layers: {shown}")
+        raise ConfigError(f"{key}={name!r} is not a layer of this model; its layers: {shown} "
+                          f"(append {INPUT} for a layer's input)")
     return modules[name]
 
 
@@ -54,6 +69,11 @@ class Capture:
             self._handles.append(module.register_forward_hook(self._hook(name)))
 
     def _hook(self, name: str):
+        if name.endswith(INPUT):
+            def keep_input(module: nn.Module, inputs, output) -> None:
+                self.features[name] = inputs[0]
+            return keep_input
+
         def keep(module: nn.Module, inputs, output) -> None:
             self.features[name] = output
         return keep
