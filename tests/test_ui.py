@@ -231,3 +231,30 @@ def test_a_parent_describes_its_ranked_results_and_each_settings_means(store):
     rows = [line for line in table.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
     assert rows[0].startswith("| 1 | 8 | 2 | 70.50 ± 0.71 | 65.00 ± 0.00 | +5.50 ± 0.71")  # ranked, seeds averaged
     assert rows[1].startswith("| 2 | 2 | 2 | 61.00 ± 1.41")
+
+
+def test_a_parents_group_metrics_are_named_by_the_launched_axes_while_the_first_group_runs(store):
+    """kd=hinton,dkd seed=0,1 with only kd=hinton's jobs done: the means are kd=hinton's, named so —
+    never `mean/…` (seed the only axis so far), a name the later groups would not replace."""
+    from kdexp.run.sweep import describe_parent
+
+    axes = ["kd=hinton,dkd", "seed=0,1"]
+    parent = tracking.start_sweep(None, "kdexp", str(Path("outputs/multirun/z").absolute()), axes, axes, {})
+
+    def finish(kd, seed, acc):
+        overrides = f"kd={kd} seed={seed}"
+        job = tracking.Run(_tracking_cfg(), overrides, {"overrides": overrides}, parent_run_id=parent)
+        job.params({"kd.name": kd, "seed": seed})
+        job.metrics({"student_acc": acc, "baseline_acc": 65.0, "kd_gain": acc - 65.0})
+        job.finish()
+
+    finish("hinton", 0, 60.0)
+    finish("hinton", 1, 62.0)
+    describe_parent(parent, None)
+    metrics = mlflow.MlflowClient().get_run(parent).data.metrics
+    assert metrics["kd:hinton/student_acc"] == 61.0 and not any(k.startswith("mean/") for k in metrics)
+    finish("dkd", 0, 70.0)
+    finish("dkd", 1, 72.0)
+    describe_parent(parent, None)
+    metrics = mlflow.MlflowClient().get_run(parent).data.metrics
+    assert metrics["kd:hinton/student_acc"] == 61.0 and metrics["kd:dkd/student_acc"] == 71.0

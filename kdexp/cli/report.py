@@ -14,7 +14,7 @@ from kdexp.cli.exits import EXIT_BAD_INPUT
 from kdexp.report.figures import ACC_PNG, GAIN_PNG, write_plots
 from kdexp.report.files import CSV_NAME, MD_NAME, write_csv, write_markdown
 from kdexp.report.paired import (COMPARISONS_CSV, COMPARISONS_MD, GAIN_CI_PNG, GROUPS_CSV, GROUPS_MD, METRICS, Paired,
-                                 best_group_summary, build_paired, protocol,
+                                 best_group_summary, build_paired, protocol, verdict,
                                  write_paired)
 from kdexp.report.table import FINISHED, Report, ReportError, build, headers, rows, title
 
@@ -68,14 +68,20 @@ def print_paired(paired: Paired, out: Console = console) -> None:
     corrected = any(c.p_adjusted is not None for c in paired.comparisons)
     pairs = Table(title="paired comparisons: b − a in student %, matched by seed · * = significant (p < 0.05"
                   + (", Holm-corrected)" if corrected else ")"), header_style="bold")
-    for h in ("a", "b", "pairs", "b − a [95 % CI]", "p", *(["p (Holm)"] if corrected else []), "", "note"):
+    for h in ("a", "b", "pairs", "b − a [95 % CI]", "p", *(["p (Holm)"] if corrected else []), "significant", "note"):
         pairs.add_column(h, justify="left" if h in ("a", "b", "note") else "right")
     for c in paired.comparisons:
         p = [] if not corrected else ["" if c.p_adjusted is None else f"{c.p_adjusted:.3g}"]
         pairs.add_row(c.a, c.b, str(c.n_pairs), _interval(c.diff_mean, c.diff_ci),
-                      "" if c.p_value is None else f"{c.p_value:.3g}", *p, "*" if c.significant else "", c.note,
+                      "" if c.p_value is None else f"{c.p_value:.3g}", *p, "yes *" if c.significant else "no", c.note,
                       style="bold" if c.significant else None)
     _wide_enough(pairs, out).print(pairs)
+
+
+def print_verdict(paired: Paired) -> None:
+    """The plain-language verdict under the tables."""
+    for line in verdict(paired):
+        console.print(f"[bold]verdict:[/bold] {line}", soft_wrap=True)
 
 
 def default_out(parent) -> Path:
@@ -111,6 +117,7 @@ def make_report(tracking_uri: str | None = None, experiment: str = "kdexp", pare
         print_table(report)
         if paired is not None:
             print_paired(paired)
+            print_verdict(paired)
         else:
             console.print("one seed per setting: no intervals; add seed=0,1,2 to the sweep to compare settings "
                           "with 95 % intervals and paired tests", soft_wrap=True)

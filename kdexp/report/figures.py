@@ -51,6 +51,14 @@ def scatter_plots(report: Report, folder: Path, suffix: str, has_gain: bool) -> 
     return written
 
 
+def interval_half_width(xs: list[float]) -> float:
+    """Half the 95 % t-interval of the mean of `xs` (0 where there is none: fewer than two values)."""
+    from kdexp.report.stats import t_test
+
+    ci = t_test(xs)[0]
+    return 0.0 if ci is None else (ci[1] - ci[0]) / 2
+
+
 def write_plots(report: Report, folder: Path) -> list[Path]:
     """Heatmaps over two swept keys, line plots over one; nothing for other shapes."""
     from kdexp.report import plots
@@ -58,7 +66,7 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
     if len(report.axes) not in (1, 2) or not report.ranked:
         return []
     n_seeds = max(len(e.runs) for e in report.ranked)
-    suffix = f" (mean of {n_seeds} seeds)" if report.by_seed else ""
+    suffix = f" (mean of {n_seeds} seeds)" if report.by_seed else " (one seed per cell: no interval)"
     has_gain = any(e.mean("kd_gain") is not None for e in report.ranked)
     written = []
     if len(report.axes) == 2 and irregular(report):
@@ -80,7 +88,9 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
         return written
 
     key = report.axes[0]
-    suffix = f" (mean ± std of {n_seeds} seeds)" if report.by_seed else ""
+    # The interval of kdexp-report's tables and kd_gain_ci.png: the 95 % t-interval of the mean.
+    suffix = (f"\n(mean and 95 % interval over {n_seeds} seeds)" if report.by_seed
+              else "\n(one seed per setting: no interval)")
     entries = sorted(report.ranked, key=lambda e: sort_key(e.values.get(key)))
     x = [e.values.get(key) for e in entries]
     categorical = not all(isinstance(v, float) for v in x)
@@ -88,7 +98,7 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
 
     def series(metric: str, label: str, style: str = "-"):
         ys = [e.mean(metric) for e in entries]
-        errs = [e.std(metric) or 0.0 for e in entries] if report.by_seed else None
+        errs = [interval_half_width(e.samples(metric)) for e in entries] if report.by_seed else None
         return (label, [math.nan if y is None else y for y in ys], errs, style)
 
     lines = [series(report.acc, "student (distilled)")]

@@ -149,7 +149,9 @@ def write_paired(paired: Paired, folder: Path) -> list[Path]:
         _markdown(folder / COMPARISONS_MD, "Paired comparisons (b − a, matched by seed)",
                   [f"{protocol(paired)}; {what}; two-sided paired t-test"
                    + ("; p_holm: Holm-corrected for the comparisons made" if "p_holm" in head else "")
-                   + "; significant: p < 0.05 (corrected where there is a correction)."], head, rows)
+                   + "; significant: p < 0.05 (corrected where there is a correction).", "",
+                   "**Verdict.** " + " ".join(f"{line[0].upper()}{line[1:]}." for line in verdict(paired))],
+                  head, rows)
         files += [folder / COMPARISONS_CSV, folder / COMPARISONS_MD]
     with_gain = [g for g in paired.groups if g.gain_mean is not None]
     if with_gain:
@@ -161,6 +163,48 @@ def write_paired(paired: Paired, folder: Path) -> list[Path]:
         plots.save(fig, folder / GAIN_CI_PNG)
         files.append(folder / GAIN_CI_PNG)
     return files
+
+
+def _interval_text(mean: float, ci: tuple[float, float] | None) -> str:
+    return f"{mean:+.2f} points" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+
+
+def verdict(paired: Paired) -> list[str]:
+    """What the comparison found, in plain words: which pairs differ significantly (by how much,
+    with the interval), or that none does; and which groups' KD gain is above or below zero."""
+    lines = []
+    tested = [c for c in paired.comparisons if c.p_value is not None]
+    correction = " after Holm correction" if any(c.p_adjusted is not None for c in tested) else ""
+    if paired.comparisons and not tested:
+        lines.append("no pair could be tested: a paired test needs at least two seeds in common")
+    elif tested:
+        significant = [c for c in tested if c.significant]
+        if not significant:
+            lines.append(f"no pair of groups differs significantly (p < 0.05{correction}) on {paired.metric}; "
+                         f"more seeds would narrow the intervals")
+        for c in significant:
+            better, worse = (c.b, c.a) if c.diff_mean > 0 else (c.a, c.b)
+            p = c.p_adjusted if c.p_adjusted is not None else c.p_value
+            lines.append(f"{better} beats {worse} by {_interval_text(abs(c.diff_mean), _flip(c.diff_ci, c.diff_mean))} "
+                         f"on {paired.metric} (paired over {c.n_pairs} seeds, p = {p:.3g}{correction})")
+    gains = [g for g in paired.groups if g.gain_ci is not None]
+    above = [g.group for g in gains if g.gain_ci[0] > 0]
+    below = [g.group for g in gains if g.gain_ci[1] < 0]
+    if gains:
+        if above:
+            lines.append(f"KD gain above zero (95 % interval): {', '.join(above)}")
+        if below:
+            lines.append(f"KD gain below zero (95 % interval): {', '.join(below)}")
+        if not above and not below:
+            lines.append("no group's KD gain is distinguishable from zero (every 95 % interval contains 0)")
+    return lines
+
+
+def _flip(ci: tuple[float, float] | None, mean: float) -> tuple[float, float] | None:
+    """The interval of |b − a|'s sign-corrected difference (the better group minus the worse)."""
+    if ci is None or mean > 0:
+        return ci
+    return (-ci[1], -ci[0])
 
 
 def best_group_summary(paired: Paired) -> tuple[dict[str, float], dict[str, str]]:

@@ -56,7 +56,11 @@ def heatmap(values, row_labels: list[str], col_labels: list[str], row_key: str, 
     ax.set_xticks(range(len(col_labels)), col_labels)
     ax.set_yticks(range(len(row_labels)), row_labels)
     ax.set(xlabel=col_key, ylabel=row_key, title=title)
-    best = np.unravel_index(np.nanargmax(grid), grid.shape) if finite.size else None
+    # Every cell that ties for the best as printed (to the format's digits) is outlined.
+    best_cells = set()
+    if finite.size:
+        shown = np.array([[float(fmt.format(v)) if np.isfinite(v) else np.nan for v in row] for row in grid])
+        best_cells = {(int(i), int(j)) for i, j in np.argwhere(shown == np.nanmax(shown))}
     for (i, j), value in np.ndenumerate(grid):
         if not np.isfinite(value):
             ax.text(j, i, "—", ha="center", va="center", color="#555555")
@@ -64,20 +68,27 @@ def heatmap(values, row_labels: list[str], col_labels: list[str], row_key: str, 
         r, g, b, _ = cmap(image.norm(value))
         color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
         ax.text(j, i, fmt.format(value), ha="center", va="center", color=color,
-                fontweight="bold" if (i, j) == best else "normal")
-    if best is not None:
-        ax.add_patch(Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+                fontweight="bold" if (i, j) in best_cells else "normal")
+    for i, j in sorted(best_cells):
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     fig.tight_layout()
     return fig
 
 
 def sweep_line(x: list, series: list[tuple[str, list[float], list[float] | None, str]], xlabel: str,
                ylabel: str, title: str, categorical: bool = False, zero_line: bool = False) -> "plt.Figure":
-    """One line per `(label, y, yerr or None, linestyle)` over the swept values `x` (NaN = no result)."""
+    """One series per `(label, y, yerr or None, linestyle)` over the swept values `x` (NaN = no result):
+    a line over numbers; over categories (methods, models) points with their error bars and no
+    line, since nothing lies between two categories (series side by side, a little apart)."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     positions = list(range(len(x))) if categorical else x
-    for label, y, yerr, style in series:
-        ax.errorbar(positions, y, yerr=yerr, marker="o", linestyle=style, capsize=4, label=label)
+    for k, (label, y, yerr, style) in enumerate(series):
+        if categorical:
+            shift = 0.08 * (k - (len(series) - 1) / 2)
+            ax.errorbar([p + shift for p in positions], y, yerr=yerr, marker="o" if k == 0 else "s",
+                        linestyle="none", capsize=4, label=label)
+        else:
+            ax.errorbar(positions, y, yerr=yerr, marker="o", linestyle=style, capsize=4, label=label)
     if categorical:
         ax.set_xticks(positions, [str(v) for v in x])
     else:

@@ -91,9 +91,27 @@ def job_values(run) -> dict[str, object]:
     return {key: canonical(run.params.get(key, value)) for key, value in parse_overrides(run.tags.get("overrides")).items()}
 
 
+AXES_TAG = "kdexp.sweep_axes"  # JSON list of the launch's sweep overrides (kdexp.tracking.sweeps)
+
+
+def declared_axes(parent) -> list[str]:
+    """The keys the sweep was launched to vary (`kd=hinton,dkd` → `kd`): axes from the start, even
+    while only jobs of one of their values have run."""
+    import json
+
+    try:
+        axes = json.loads(parent.tags.get(AXES_TAG, "[]"))
+    except ValueError:
+        return []
+    return list(parse_overrides(" ".join(axes))) if axes else []
+
+
 def swept_keys(parent, children: list) -> list[str]:
-    """Keys whose values differ across the jobs: from the jobs' overrides, else from their params.
-    Ordered as in the sweep's own overrides, then as first met."""
+    """Keys the sweep varies: those it was launched to vary (`declared_axes`), and any whose values
+    differ across the jobs (from their overrides, else from their params). A key named by the
+    launch is an axis before its second value has run, so that a setting's name never changes
+    while the sweep runs. Ordered as in the sweep's own overrides, then as first met."""
+    declared = declared_axes(parent)
     per_job = [job_values(c) for c in children]
     keys: list[str] = list(parse_overrides(parent.tags.get("kdexp.sweep_overrides")))
     for values in per_job:
@@ -101,7 +119,7 @@ def swept_keys(parent, children: list) -> list[str]:
     if not any(per_job):  # jobs without an overrides tag: compare their resolved configs
         per_job = [{k: canonical(v) for k, v in c.params.items()} for c in children]
         keys = sorted({k for values in per_job for k in values})
-    return [k for k in keys if len({repr(values.get(k)) for values in per_job}) > 1]
+    return [k for k in keys if k in declared or len({repr(values.get(k)) for values in per_job}) > 1]
 
 
 def first_present(children: list, *keys: str) -> str | None:

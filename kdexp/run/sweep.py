@@ -82,7 +82,10 @@ class MlflowSweep(Callback):
             status, best = tracking.end_sweep(self.parent_id)
             describe_parent(self.parent_id, config.tracking.get("uri"))
             print(f"kdexp: sweep parent run {self.parent_id} {status}")
-            if best is not None:
+            group = best_group_line(self.parent_id, config.tracking.get("uri"))
+            if group is not None:  # seeds swept: one lucky seed is not a result, a setting is
+                print(f"kdexp: best setting: {group}; compare all settings with: kdexp-report")
+            elif best is not None:
                 print(f"kdexp: best job: {best['overrides']} → {best['objective']} = {best['value']:.2f} "
                       f"(run {best['run_id']}); compare all jobs with: kdexp-report")
             print(f"kdexp: MLflow store: {tracking.tracking_store_location(config.tracking.get('uri'))}")
@@ -174,6 +177,30 @@ def describe_parent(parent_id: str, uri: str | None) -> None:
     except Exception as err:  # noqa: BLE001 - e.g. a store busy with parallel jobs: the jobs' results are safe
         print(f"kdexp: note: the results table of sweep {parent_id} was not updated this time "
               f"({type(err).__name__}: {' '.join(str(err).split())[:200]})")
+
+
+def best_group_line(parent_id: str, uri: str | None) -> str | None:
+    """When seeds are swept: the setting with the best mean over its seeds, with its spread and its
+    KD gain's 95 % interval (`kdexp.report.paired`); None for a sweep without seeds."""
+    from kdexp import tracking
+    from kdexp.report.paired import build_paired
+    from kdexp.report.table import ReportError, build
+
+    try:
+        parent = tracking.find_sweep(uri, "", parent_id)
+        report = build(parent, tracking.sweep_children(uri, parent))
+        if not report.by_seed:
+            return None
+        paired = build_paired(report)
+    except (ReportError, tracking.StoreError):
+        return None
+    g = max(paired.groups, key=lambda g: g.student_mean)
+    spread = f" ± {g.student_std:.2f}" if g.student_std is not None else ""
+    text = f"{g.group} → student_acc {g.student_mean:.2f}{spread} over {g.n} seed(s)"
+    if g.gain_mean is not None:
+        ci = f" [{g.gain_ci[0]:+.2f}, {g.gain_ci[1]:+.2f}] (95 %)" if g.gain_ci else " (no interval: one seed)"
+        text += f", KD gain {g.gain_mean:+.2f}{ci}"
+    return text
 
 
 def close_interrupted_sweep(status: str = "KILLED") -> str | None:

@@ -17,7 +17,7 @@ from kdexp.tracking.runs import PARAM_LIMIT
 from kdexp.tracking.ui import KEY_METRICS, rounded, sweep_view
 
 SWEEP_ENV = "KDEXP_PARENT_RUN_ID"
-AXES_TAG = "kdexp.sweep_axes"  # JSON list: the sweep overrides (`loss.temperature=2,8`)
+AXES_TAG = "kdexp.sweep_axes"  # JSON list: the sweep overrides (`loss.temperature=2,8`); read by report/values.py
 
 
 def start_sweep(uri: str | None, experiment: str, sweep_dir: str, overrides: list[str],
