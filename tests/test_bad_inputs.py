@@ -33,6 +33,8 @@ def folder(tmp_path_factory):
 BAD = [
     # (id, args, what the one line must name)
     ("temperature zero", ["loss.temperature=0"], "loss.temperature"),
+    ("a model group without its role", ["model=cnn"],
+     "model=cnn names no model: this config has 2 (teacher, student); choose model@teacher=cnn or model@student=cnn"),
     ("alpha above one", ["loss.alpha=1.5"], "loss.alpha"),
     ("unknown loss", ["loss=nonexistent"], "loss=nonexistent"),
     ("unknown model", ["model@student=transformer9000"], "model@student"),
