@@ -50,6 +50,17 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
+def packaged_groups() -> dict[str, list[str]]:
+    """Groups the defaults list chooses only under a package (`model@teacher`, `model@student`):
+    `model=cnn` alone names none of them."""
+    import re
+
+    found: dict[str, list[str]] = {}
+    for group, package in re.findall(r"^\s*-\s*(\w+)@(\w+)\s*:", (CONFIG_DIR / "config.yaml").read_text(), re.M):
+        found.setdefault(group, []).append(package)
+    return found
+
+
 def check_group_choices(args: list[str]) -> None:
     """Refuse an override Hydra cannot parse, `group=unknown`, or a misspelt key, in one line
     (Hydra's own messages span several lines)."""
@@ -72,8 +83,14 @@ def check_group_choices(args: list[str]) -> None:
                     if "~/" in candidate.partition("=")[2] else "quote values with special characters")
             fail(f"{candidate} is not a valid override ({reason}); {hint}, "
                  "see https://hydra.cc/docs/advanced/override_grammar/basic/")
+    packaged = packaged_groups()
     for override in overrides:
         group = override.key_or_group
+        if group in packaged and override.package is None and not override.is_add():
+            value = override.get_value_element_as_str() if not override.is_sweep_override() else "..."
+            choices = " or ".join(f"{group}@{p}={value}" for p in packaged[group])
+            fail(f"{override.input_line} names no {group}: this config has {len(packaged[group])} "
+                 f"({', '.join(packaged[group])}); choose {choices}")
         options = group_options(group)
         if not options or override.is_delete() or group.startswith("hydra/"):
             continue  # hydra/...: plugins add options (joblib, ray, ...); Hydra checks those itself
