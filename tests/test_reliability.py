@@ -381,3 +381,25 @@ def test_a_store_half_created_on_a_full_disk_is_removed_so_the_next_try_starts_c
     retry = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=kdexp_env(tmp_path),
                            capture_output=True, text=True, timeout=120)
     assert retry.returncode == 0, retry.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gap", [0.01, 0.05])
+def test_ctrl_c_twice_marks_the_run_killed_and_the_same_command_resumes(tmp_path, gap):
+    """Two SIGINTs in quick succession (the second lands while the first is being recorded): the run
+    is KILLED, not FINISHED by MLflow's exit handler, and the same command resumes it."""
+    args = [*QUIET, "data.limit_train=1000", "trainer.epochs=4"]
+    victim = start_kdexp(args, tmp_path)
+    _wait_for(lambda: list(tmp_path.glob("outputs/checkpoints/*/*/student.pt")), victim, "a student checkpoint")
+    victim.send_signal(signal.SIGINT)
+    time.sleep(gap)
+    victim.send_signal(signal.SIGINT)
+    out = victim.communicate(timeout=120)[0]
+    assert victim.returncode == 130, out
+    assert "Traceback" not in out, out
+    [killed] = runs_of(tmp_path)
+    assert killed.info.status == "KILLED", (killed.info.status, killed.data.tags.get("error"))
+    again = finish(start_kdexp(args, tmp_path))
+    assert "resuming MLflow run" in again
+    [resumed] = runs_of(tmp_path)
+    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"

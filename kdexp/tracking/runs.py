@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,21 @@ from kdexp.tracking.ui import TRAINING_VIEW, adapt_note, rounded, run_view, ui_b
 
 PARAM_LIMIT = 6000  # MLflow's limit on a param value
 CHANGED_PREFIX = "kdexp.resumed_with."  # tag of a setting changed since the run started
+
+
+@contextlib.contextmanager
+def signals_held():
+    """SIGINT and SIGTERM ignored inside the block (in the main thread; elsewhere signals cannot be
+    set and none is delivered to it anyway), their handlers restored after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
 
 
 class Run:
@@ -100,18 +118,23 @@ class Run:
     def fail(self, err: BaseException) -> None:
         """End as FAILED (KILLED on Ctrl-C or SIGTERM), the error recorded as a tag and a text
         artifact where the store can still take them (a full disk may refuse the artifact, or
-        everything: the status is still attempted, and no failure here hides `err`)."""
+        everything: the status is still attempted, and no failure here hides `err`).
+
+        A second Ctrl-C while this runs (an impatient user presses it twice) is held back until
+        it is done: interrupted half-way, the run would be left active, and MLflow's exit handler
+        would end it FINISHED — a resumable run presented as complete."""
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        for record in (lambda: self.mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000]),
-                       lambda: self.mlflow.log_text("".join(traceback.format_exception(err)), "error.txt")):
+        with signals_held():
+            for record in (lambda: self.mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000]),
+                           lambda: self.mlflow.log_text("".join(traceback.format_exception(err)), "error.txt")):
+                try:
+                    record()
+                except Exception:  # noqa: BLE001 - best effort: the status below matters more
+                    pass
             try:
-                record()
-            except Exception:  # noqa: BLE001 - best effort: the status below matters more
+                self.mlflow.end_run(status=status)
+            except Exception:  # noqa: BLE001 - the run stays open in the store; `err` is what to report
                 pass
-        try:
-            self.mlflow.end_run(status=status)
-        except Exception:  # noqa: BLE001 - the run stays open in the store; `err` is what to report
-            pass
 
     def where(self) -> str:
         """The store, as an absolute path for a local one."""
