@@ -403,3 +403,16 @@ def test_ctrl_c_twice_marks_the_run_killed_and_the_same_command_resumes(tmp_path
     assert "resuming MLflow run" in again
     [resumed] = runs_of(tmp_path)
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_sighup_the_terminal_closed_marks_the_run_killed_in_one_line(tmp_path):
+    args = [*QUIET, "data.limit_train=1000", "trainer.epochs=4"]
+    victim = start_kdexp(args, tmp_path)
+    _wait_for(lambda: list(tmp_path.glob("outputs/checkpoints/*/*/student.pt")), victim, "a student checkpoint")
+    victim.send_signal(signal.SIGHUP)
+    out = victim.communicate(timeout=120)[0]
+    assert victim.returncode == 129, out
+    assert out.strip().splitlines()[-1].startswith("kdexp: error: terminated (SIGHUP); the run is marked KILLED")
+    [killed] = runs_of(tmp_path)
+    assert killed.info.status == "KILLED"

@@ -30,14 +30,15 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm(signum, frame) -> None:
-    raise Terminated()
+    raise Terminated(signal.Signals(signum).name)
 
 
 def handle_sigterm() -> None:
-    """Turn SIGTERM into `Terminated` in this process (signals can only be set on the main thread;
-    a launcher's worker thread keeps the default)."""
+    """Turn SIGTERM, and SIGHUP (the terminal closed), into `Terminated` in this process (signals
+    can only be set on the main thread; a launcher's worker thread keeps the default)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGHUP, _on_sigterm)
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> "NoReturn":  # noqa: F821
@@ -188,10 +189,13 @@ def main() -> None:
         # A second signal while closing would print a traceback: closing is short, let it finish.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         parent = close_interrupted_sweep()
         sweep = f"; sweep parent run {parent} closed as KILLED" if parent else ""
         if isinstance(err, Terminated):
-            fail(f"terminated (SIGTERM); {RESUME_HINT}{sweep}", EXIT_TERMINATED)
+            name = err.args[0] if err.args else "SIGTERM"
+            fail(f"terminated ({name}); {RESUME_HINT}{sweep}",
+                 EXIT_TERMINATED if name == "SIGTERM" else 128 + signal.Signals[name].value)
         fail(f"interrupted; {RESUME_HINT}{sweep}", EXIT_INTERRUPTED)
 
 

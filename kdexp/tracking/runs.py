@@ -20,12 +20,12 @@ CHANGED_PREFIX = "kdexp.resumed_with."  # tag of a setting changed since the run
 
 @contextlib.contextmanager
 def signals_held():
-    """SIGINT and SIGTERM ignored inside the block (in the main thread; elsewhere signals cannot be
+    """SIGINT, SIGTERM and SIGHUP ignored inside the block (in the main thread; elsewhere signals cannot be
     set and none is delivered to it anyway), their handlers restored after it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
