@@ -219,3 +219,49 @@ def test_the_layout_names_every_module():
         if not found:
             missing.append(name)
     assert not missing, f"docs/architecture.md does not name: {missing}"
+
+
+def _cpu_recipe() -> list[str]:
+    [block] = [b for b in code_blocks(readme_text(), "bash") if "whl/cpu" in b]
+    return [line.strip() for line in block.strip().splitlines()]
+
+
+def test_the_cpu_recipe_installs_torch_and_torchvision_together_and_pins_them():
+    """The trap the recipe avoids: torch alone from the CPU index, then torchvision from PyPI asking
+    for another torch, which pip fetches with its CUDA libraries."""
+    lines = _cpu_recipe()
+    cpu_install = next(line for line in lines if "whl/cpu" in line)
+    assert shlex.split(cpu_install)[:4] == ["pip", "install", "torch", "torchvision"]
+    freeze = next(line for line in lines if line.startswith("pip freeze"))
+    assert "torch|torchvision" in freeze and freeze.endswith("> cpu-constraints.txt")
+    install = next(line for line in lines if line.startswith("pip install -e"))
+    assert "-c cpu-constraints.txt" in install
+    assert "torch.version.cuda is None" in lines[-1]
+
+
+@pytest.mark.slow
+def test_the_cpu_constraints_keep_the_installed_torch_and_refuse_another(tmp_path):
+    """The recipe's constraints file, made the recipe's way from this environment, lets
+    `pip install -e .` resolve without touching torch (offline: only what is installed), and a
+    constraint on another torch is refused rather than swapped in."""
+    import subprocess
+    import sys
+
+    lines = _cpu_recipe()
+    freeze = next(line for line in lines if line.startswith("pip freeze"))
+    pip = f"{shlex.quote(sys.executable)} -m pip"
+    subprocess.run(freeze.replace("pip freeze", f"{pip} freeze", 1), shell=True, cwd=tmp_path, check=True)
+    pinned = (tmp_path / "cpu-constraints.txt").read_text().split()
+    assert sorted(p.split("==")[0].lower() for p in pinned) == ["torch", "torchvision"]
+
+    def dry_run(constraints: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation",
+                               "-e", str(README.parent), "-c", str(constraints)], capture_output=True, text=True)
+
+    ok = dry_run(tmp_path / "cpu-constraints.txt")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    would = next(line for line in ok.stdout.splitlines() if line.startswith("Would install"))
+    assert "torch" not in would.replace("kdexp", "")
+    other = tmp_path / "other.txt"
+    other.write_text("torch==2.0.0\n")
+    assert dry_run(other).returncode != 0
