@@ -48,6 +48,73 @@ class ResNetConfig:
 
 
 @dataclass
+class WRNConfig:
+    """Wide ResNet WRN-depth-widen (kdexp/models/wrn.py): depth = 6n + 4."""
+
+    name: str = "wrn"
+    depth: int = 40
+    widen: int = 2
+    # A trained model to import instead of training one (teachers only): a .pt/.pth state-dict
+    # file or an MLflow model URI (runs:/..., models:/...); kdexp/run/teacher_import.py.
+    checkpoint: Optional[str] = None
+
+
+@dataclass
+class VGGConfig:
+    """VGG with batch norm for CIFAR (kdexp/models/vgg.py): depth 8, 11, 13, 16 or 19."""
+
+    name: str = "vgg"
+    depth: int = 13
+    # A trained model to import instead of training one (teachers only): a .pt/.pth state-dict
+    # file or an MLflow model URI (runs:/..., models:/...); kdexp/run/teacher_import.py.
+    checkpoint: Optional[str] = None
+
+
+@dataclass
+class ResNetBottleneckConfig:
+    """CIFAR ResNet of bottleneck blocks (kdexp/models/resnet_bottleneck.py): [3, 4, 6, 3] is ResNet-50."""
+
+    name: str = "resnet_bottleneck"
+    blocks: list[int] = field(default_factory=lambda: [3, 4, 6, 3])
+    # A trained model to import instead of training one (teachers only): a .pt/.pth state-dict
+    # file or an MLflow model URI (runs:/..., models:/...); kdexp/run/teacher_import.py.
+    checkpoint: Optional[str] = None
+
+
+@dataclass
+class MobileNetV2Config:
+    """MobileNetV2 for CIFAR (kdexp/models/mobilenetv2.py); expansion 6, width 0.5 is the benchmark's."""
+
+    name: str = "mobilenetv2"
+    expansion: int = 6
+    width: float = 0.5
+    # A trained model to import instead of training one (teachers only): a .pt/.pth state-dict
+    # file or an MLflow model URI (runs:/..., models:/...); kdexp/run/teacher_import.py.
+    checkpoint: Optional[str] = None
+
+
+@dataclass
+class ShuffleNetV1Config:
+    """ShuffleNetV1 for CIFAR, groups 3 (kdexp/models/shufflenet.py)."""
+
+    name: str = "shufflenet_v1"
+    # A trained model to import instead of training one (teachers only): a .pt/.pth state-dict
+    # file or an MLflow model URI (runs:/..., models:/...); kdexp/run/teacher_import.py.
+    checkpoint: Optional[str] = None
+
+
+@dataclass
+class ShuffleNetV2Config:
+    """ShuffleNetV2 for CIFAR (kdexp/models/shufflenet.py): net size 0.5, 1.0, 1.5 or 2.0."""
+
+    name: str = "shufflenet_v2"
+    size: float = 1.0
+    # A trained model to import instead of training one (teachers only): a .pt/.pth state-dict
+    # file or an MLflow model URI (runs:/..., models:/...); kdexp/run/teacher_import.py.
+    checkpoint: Optional[str] = None
+
+
+@dataclass
 class TorchvisionConfig:
     """Any torchvision classification model by name (kdexp/models/tv_models.py)."""
 
@@ -60,8 +127,13 @@ class TorchvisionConfig:
     checkpoint: Optional[str] = None
 
 
-MODEL_SCHEMAS: dict[str, type] = {"mlp": MLPConfig, "cnn": CNNConfig, "resnet": ResNetConfig,
-                                  "torchvision": TorchvisionConfig}
+MODEL_SCHEMAS: dict[str, type] = {
+    "mlp": MLPConfig, "cnn": CNNConfig, "resnet": ResNetConfig, "wrn": WRNConfig, "vgg": VGGConfig,
+    "resnet_bottleneck": ResNetBottleneckConfig, "mobilenetv2": MobileNetV2Config,
+    "shufflenet_v1": ShuffleNetV1Config, "shufflenet_v2": ShuffleNetV2Config, "torchvision": TorchvisionConfig}
+# Settings of the benchmark nets whose values are a closed list (the reference code's configurations).
+VGG_DEPTHS = (8, 11, 13, 16, 19)
+SHUFFLENET_V2_SIZES = (0.5, 1.0, 1.5, 2.0)
 
 
 def check_model(section: str, m: DictConfig) -> None:
@@ -77,6 +149,7 @@ def check_model(section: str, m: DictConfig) -> None:
                 "must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)")
         require(len(m.widths) == 4 and all(w >= 1 for w in m.widths), f"{section}.widths",
                 list(m.widths), "4 sizes >= 1: the stem and the 3 stages")
+    check_benchmark_model(section, m)
     if m.name == "torchvision":
         from torchvision import models as tvm
 
@@ -84,6 +157,25 @@ def check_model(section: str, m: DictConfig) -> None:
         require(m.arch in archs, f"{section}.arch", m.arch, f"allowed: {', '.join(archs)}")
     if "dropout" in m:
         require(0.0 <= m.dropout < 1.0, f"{section}.dropout", m.dropout, "must be in [0, 1)")
+
+
+def check_benchmark_model(section: str, m: DictConfig) -> None:
+    """The settings of the CIFAR-100 benchmark nets (wrn, vgg, resnet_bottleneck, mobilenetv2, shufflenet_v2)."""
+    if m.name == "wrn":
+        require(m.depth >= 10 and (m.depth - 4) % 6 == 0, f"{section}.depth", m.depth,
+                "must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...)")
+        require(m.widen >= 1, f"{section}.widen", m.widen, "must be >= 1")
+    if m.name == "vgg":
+        require(m.depth in VGG_DEPTHS, f"{section}.depth", m.depth, f"allowed: {', '.join(map(str, VGG_DEPTHS))}")
+    if m.name == "resnet_bottleneck":
+        require(len(m.blocks) == 4 and all(b >= 1 for b in m.blocks), f"{section}.blocks", list(m.blocks),
+                "4 block counts >= 1 (one per stage; [3, 4, 6, 3] is ResNet-50)")
+    if m.name == "mobilenetv2":
+        require(m.expansion >= 1, f"{section}.expansion", m.expansion, "must be >= 1")
+        require(m.width > 0, f"{section}.width", m.width, "must be > 0")
+    if m.name == "shufflenet_v2":
+        require(m.size in SHUFFLENET_V2_SIZES, f"{section}.size", m.size,
+                f"allowed: {', '.join(map(str, SHUFFLENET_V2_SIZES))}")
 
 
 def typed_model(section: str, value: Any) -> DictConfig:

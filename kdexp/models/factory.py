@@ -1,5 +1,7 @@
 """Model builders: `build(cfg, ...)` finds the family by `cfg.name` (MLP and CNN here, CIFAR ResNets
-in `resnets.py`, torchvision models in `tv_models.py`), and multi-exit nets for self-distillation.
+in `resnets.py`, the other CIFAR-100 benchmark nets in `wrn.py`, `vgg.py`, `resnet_bottleneck.py`,
+`mobilenetv2.py`, `shufflenet.py`, torchvision models in `tv_models.py`), and multi-exit nets for
+self-distillation.
 Every model is a `StagedNet` (`staged.py`): a sequence of `stages` followed by a `head`, so that any
 of them can be cut into exits without knowing its architecture."""
 
@@ -10,14 +12,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kdexp.models import resnets
-
+from kdexp.models import mobilenetv2, resnet_bottleneck, resnets, shufflenet, vgg, wrn
 from kdexp.models import tv_models
 from kdexp.config.checks import ConfigError
 from kdexp.models.staged import StagedNet
 
-__all__ = ["BUILDERS", "DESCRIBERS", "ExitHead", "MultiExit", "StagedNet", "build", "count_params",
-           "describe", "multi_exit", "pooled"]
+__all__ = ["BENCHMARK_LAYOUTS", "BUILDERS", "DESCRIBERS", "ExitHead", "MultiExit", "StagedNet", "build", "count_params",
+           "describe", "from_benchmark_layout", "multi_exit", "pooled"]
 
 
 def _mlp(cfg, input_shape: tuple[int, ...], num_classes: int) -> StagedNet:
@@ -56,8 +57,21 @@ def _cnn(cfg, input_shape: tuple[int, ...], num_classes: int) -> StagedNet:
 
 # Model families by `model.name`: a builder of the net, and a short name for tags and tables.
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": _mlp, "cnn": _cnn, "resnet": resnets.build, "torchvision": tv_models.build}
-DESCRIBERS: dict[str, Callable[..., str]] = {"resnet": resnets.describe, "torchvision": tv_models.describe}
+    "mlp": _mlp, "cnn": _cnn, "resnet": resnets.build, "wrn": wrn.build, "vgg": vgg.build,
+    "resnet_bottleneck": resnet_bottleneck.build, "mobilenetv2": mobilenetv2.build,
+    "shufflenet_v1": shufflenet.build_v1, "shufflenet_v2": shufflenet.build_v2, "torchvision": tv_models.build}
+DESCRIBERS: dict[str, Callable[..., str]] = {
+    "resnet": resnets.describe, "wrn": wrn.describe, "vgg": vgg.describe,
+    "resnet_bottleneck": resnet_bottleneck.describe, "mobilenetv2": mobilenetv2.describe,
+    "shufflenet_v1": shufflenet.describe_v1, "shufflenet_v2": shufflenet.describe_v2,
+    "torchvision": tv_models.describe}
+# The renaming of a state dict saved by the CIFAR-100 KD benchmark code (RepDistiller, mdistiller),
+# in which its published teachers come, to kdexp's module names: `(state, model) -> state | None`.
+BENCHMARK_LAYOUTS: dict[str, Callable[..., dict | None]] = {
+    "resnet": resnets.from_benchmark_layout, "wrn": wrn.from_benchmark_layout, "vgg": vgg.from_benchmark_layout,
+    "resnet_bottleneck": resnet_bottleneck.from_benchmark_layout,
+    "mobilenetv2": mobilenetv2.from_benchmark_layout, "shufflenet_v1": shufflenet.from_benchmark_layout,
+    "shufflenet_v2": shufflenet.from_benchmark_layout}
 
 
 def build(cfg, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
@@ -67,6 +81,13 @@ def build(cfg, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return BUILDERS[cfg.name](cfg, tuple(input_shape), num_classes)
+
+
+def from_benchmark_layout(state: dict, model: nn.Module, cfg) -> dict | None:
+    """`state` renamed from the benchmark code's module layout to `model`'s (built from `cfg`); None
+    when the family has no such layout or `state` is not in it."""
+    rename = BENCHMARK_LAYOUTS.get(cfg.name)
+    return rename(state, model) if rename else None
 
 
 def count_params(model: nn.Module) -> int:

@@ -27,7 +27,9 @@ def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 class BasicBlock(nn.Module):
     """relu(bn(conv(relu(bn(conv(x))))) + shortcut(x)); the shortcut is a strided 1x1 conv + bn when
-    the width or resolution changes, the identity otherwise."""
+    the width or resolution changes, the identity otherwise. The last activation is its own module
+    `relu` (not in place), so the block's pre-ReLU output (the reference's `preact`, what OFD
+    distils) is the input of `<block>.relu`; the ReLUs hold no weights, so state dicts are unchanged."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__()
@@ -38,11 +40,12 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu = nn.ReLU(inplace=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.relu(out + self.shortcut(x))
 
 
 def blocks_per_stage(depth: int) -> int:

@@ -4,10 +4,12 @@
 global average pooling and one linear layer. The benchmark's nets: WRN-40-2 (teacher, 2.25M
 parameters with 100 classes), WRN-16-2 (0.70M) and WRN-40-1 (0.57M).
 
-The blocks are pre-activation (bn → relu → conv → bn → relu → conv, plus the shortcut), so each
-stage's output is itself a pre-ReLU feature: what OFD distils on a WRN teacher is the stage output
-(the reference takes it after the next block's `bn1`, i.e. the stage output through that batch
-norm). Every block's last activation is its own `relu` module (the convention of kdexp's blocks).
+The blocks are pre-activation (bn → relu → conv → bn → relu → conv, plus the shortcut): a block
+ends in a conv, not an activation, so unlike kdexp's other blocks it has no `relu` module at its
+end (its activations are `relu1` and `relu2`, as the reference names them), and each stage's
+output is itself pre-ReLU: the reference's features f1..f3 (FitNets, AT) are the stage outputs, and
+its pre-ReLU features for OFD (`preact=True`, `get_bn_before_relu`) are those outputs through the
+next batch norm, i.e. the outputs of `stages.1.0.bn1`, `stages.2.0.bn1` and `head.0`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 class PreActBlock(nn.Module):
-    """x + conv2(relu(bn2(conv1(relu1(bn1(x)))))). When the width changes, the shortcut is a
+    """x + conv2(relu2(bn2(conv1(relu1(bn1(x)))))). When the width changes, the shortcut is a
     strided 1x1 conv of the *activated* input (as in the reference); otherwise the identity of x."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
@@ -33,19 +35,19 @@ class PreActBlock(nn.Module):
         self.relu1 = nn.ReLU(inplace=False)
         self.conv1 = _conv3x3(cin, cout, stride)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=False)
+        self.relu2 = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(cout, cout)
         self.equal = cin == cout
         self.shortcut = None if self.equal else nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = self.relu1(self.bn1(x))
-        out = self.conv2(self.relu(self.bn2(self.conv1(act))))
+        out = self.conv2(self.relu2(self.bn2(self.conv1(act))))
         return out + (x if self.equal else self.shortcut(act))
 
 
 def blocks_per_stage(depth: int) -> int:
-    """depth = 6n + 4 (stem conv + 3 stages x n blocks x 2 convs + 3 shortcut convs... as the paper counts)."""
+    """depth = 6n + 4, as the WRN paper counts its layers (n blocks per stage)."""
     if depth < 10 or (depth - 4) % 6:
         raise ValueError(f"depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth}")
     return (depth - 4) // 6

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from kdexp.models import factory as models_mod
-from kdexp.models import resnets
 from kdexp.config.checks import ConfigError
 
 # Keys under which training scripts save the state dict beside their epoch, optimiser, accuracy.
@@ -98,12 +97,12 @@ def _names(keys) -> str:
 
 
 def fitted(state: dict, model: nn.Module, model_cfg, key: str, ref: str) -> dict:
-    """`state` named as `model`'s parameters (renamed from the benchmark layout for a CIFAR
-    ResNet), or a one-line refusal naming the missing and unexpected keys and the first shape
+    """`state` named as `model`'s parameters (renamed from the CIFAR-100 benchmark's layout for the
+    architectures that have one: ResNets, WRNs, VGGs, MobileNetV2, ShuffleNets), or a one-line refusal naming the missing and unexpected keys and the first shape
     that differs."""
     expected = model.state_dict()
-    if set(state) != set(expected) and model_cfg.name == "resnet":
-        state = resnets.from_benchmark_layout(state, model) or state
+    if set(state) != set(expected):
+        state = models_mod.from_benchmark_layout(state, model, model_cfg) or state
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
     mismatch = next((f"{name} is {list(state[name].shape)} in the file, {list(value.shape)} in the model"
                      for name, value in expected.items() if name in state and state[name].shape != value.shape), None)

@@ -8,8 +8,14 @@ binary "target vs the rest" distribution and p̂ the distribution over the non-t
     loss = ce_weight · CE(z_s, y) + min(epoch / warmup, 1) · T² · (alpha · TCKD + beta · NCKD)
 
 DKD frees NCKD from the (1 − p_t,y) factor that suppresses it for confident teachers. Defaults as
-mdistiller's CIFAR-100 recipe: alpha = 1, beta = 8, T = 4, ce_weight = 1, warmup = 20 epochs.
-`kd.standardize=true` z-scores the logits first (logit standardisation).
+mdistiller's CIFAR-100 recipe: alpha = 1, beta = 8, T = 4, ce_weight = 1, warmup = 20 epochs. beta
+is per pair in mdistiller's configs/cifar100/dkd/: 8 for ResNet-32x4 → ResNet-8x4 (and the default),
+2 for res56 → res20 and res110 → res32, 6 for the VGG and WRN pairs; `+bench=cifar100 pair=...`
+sets it (conf/recipe/dkd/<pair>.yaml).
+`kd.standardize=true` z-scores the logits first (logit standardisation) and keeps T, alpha, beta.
+The DKD+LS recipe of Sun et al. (CVPR 2024; their `--logit-stand --base-temp 2 --kd-weight 9`
+multiplies alpha and beta by 9 and sets T = 2) is, for ResNet-32x4 → ResNet-8x4,
+`kd.standardize=true kd.temperature=2 kd.alpha=9 kd.beta=72`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 
     loss = alpha · CE(z_s, y) + (1 − alpha) · T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))
 
-`kd.standardize=true` z-scores both logits first (logit standardisation, see `kdexp/distill/methods/ls.py`).
+`kd.standardize=true` z-scores both logits first (logit standardisation, see `kdexp/distill/methods/ls.py`)
+and keeps T and alpha: with the benchmark's T = 4, alpha = 0.1 that is not the paper's recipe. The
+paper's KD+LS recipe (T = 2, CE weight 0.1, KD weight 9: the authors' `--logit-stand --base-temp 2
+--kd-weight 9`) is `kd=ls`, whose weights are its own (hinton ties the KD weight to 1 − alpha).
 With standardize=false this is exactly what kdexp computed before terms existed (same operations
 in the same order: the same numbers to the last digit).
 """
