@@ -24,9 +24,11 @@ PINNED_RUN_KEYS.update({
     ('kd=dist',): "a304f3a86e1e834d9e475bb3",
     ('kd=ls',): "dfe73463ceec1572e202c472",
     ('kd=ctkd',): "79ba411ebfadb8671428edc2",
-    ('hint=fitnets',): "abe890bed65adbfa22d9dd76",
+    # FitNets' recipe revision 2 (the reference's ConvReg, the middle stage): other runs than the
+    # revision-1 keys abe890bed65adbfa22d9dd76 and 1c9fe5922f6772072f8241c7 of the same settings.
+    ('hint=fitnets',): "5604bb15455100e214c6581f",
     ('hint=at', 'model@student=cnn'): "d91b817638c83f81cfee5ff1",
-    ('kd=dkd', 'hint=fitnets'): "1c9fe5922f6772072f8241c7",
+    ('kd=dkd', 'hint=fitnets'): "eb9b6dfc1e33fd0dbe1f4719",
     ('loss=self', 'loss.mode=born_again'): "e456fa1983c49f77eb312179",
     ('loss=self', 'loss.mode=born_again', 'kd=dkd'): "a60eb958a7059fa7daf24688",
     ('loss=none',): "b64b92fc672d75f4f7b795f3",
@@ -95,3 +97,12 @@ def test_drop_added_removes_only_as_before_values_and_the_sections_left_empty():
                       table) == {"a": 1}
     kept = {"kd": {"name": "dkd", "standardize": False}, "hint": {"name": "at"}}
     assert drop_added(kept, table) == {"kd": {"name": "dkd"}, "hint": {"name": "at"}}
+
+
+def test_a_revised_recipe_is_another_run_and_leaves_every_other_key_alone(monkeypatch):
+    from kdexp.config.registry import HINT_METHODS
+
+    fitnets, at = compose_cfg(["hint=fitnets"], fast=False), compose_cfg(["hint=at", "model@student=cnn"], fast=False)
+    before = run_key(fitnets, "cpu"), run_key(at, "cpu")
+    monkeypatch.setattr(HINT_METHODS["fitnets"], "revision", HINT_METHODS["fitnets"].revision + 1)
+    assert run_key(fitnets, "cpu") != before[0] and run_key(at, "cpu") == before[1]

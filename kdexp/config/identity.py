@@ -23,8 +23,11 @@ from kdexp.config.owners import pinned
 
 # Settings that do not change what a run computes, so they are not part of its identity.
 NOT_IDENTITY: dict[str, tuple[str, ...] | None] = {
-    "trainer": ("progress", "threads", "rerun", "checkpoint_dir", "keep_checkpoints", "fail_at_chance"),
+    "trainer": ("progress", "threads", "rerun", "checkpoint_dir", "keep_checkpoints", "fail_at_chance",
+                "dist_timeout", "channels_last"),
     "tracking": ("uri", "run_name", "log_model"),
+    # How many loader processes read the images and how far ahead: the same batches either way.
+    "data": ("workers", "prefetch"),
     "store": None,  # reusing a stored teacher gives the same weights as retraining it
 }
 
@@ -36,6 +39,8 @@ ADDED: dict[str, Any] = {
     "kd.name": "hinton",
     "kd.standardize": False,
     "hint.name": "none",
+    # issue 23: batch norm over each process's part of the batch, as every earlier (1-process) run.
+    "trainer.sync_bn": False,
 }
 # Keys added to the sections a store entry's key hashes (a model config, `data`, `optim`), by path
 # inside the section. They count for the run key too (under teacher/student, data, optim).
@@ -98,7 +103,23 @@ def run_key(cfg, device: str | None = None, imported: dict | None = None) -> str
             for key in keys:
                 plain.get(section, {}).pop(key, None)
     _drop_added_in_model_lists(plain)
+    revisions = recipe_revisions(cfg)
+    if revisions:  # only a method whose recipe changed: every other key stays what it was
+        plain["recipe_revisions"] = revisions
     return digest(drop_added(plain, _run_table()))
+
+
+def recipe_revisions(cfg) -> dict[str, int]:
+    """`{section: revision}` of the config's kd= and hint= methods whose recipe was revised (a
+    method's `revision` above 1: the same settings now compute something else)."""
+    from kdexp.config.registry import HINT_METHODS, KD_METHODS
+
+    found = {}
+    for section, registry in (("kd", KD_METHODS), ("hint", HINT_METHODS)):
+        method = registry.get(cfg[section].name) if section in cfg else None
+        if method is not None and getattr(method, "revision", 1) > 1:
+            found[section] = method.revision
+    return found
 
 
 def _drop_added_in_model_lists(plain: dict) -> None:
@@ -124,17 +145,18 @@ def stable_section(kind: str, section_cfg) -> Any:
 ROUTINE_VERSION = 1
 
 # Data keys that do not change what is learned.
-_DATA_KEYS_IGNORED = ("root", "download", "eval_batch_size")
+_DATA_KEYS_IGNORED = ("root", "download", "eval_batch_size", "workers", "prefetch")
 
 
 def key_for(model_cfg, data_cfg, optim_cfg, epochs: int, augment: bool, seed: int,
-            precision: str = "32", variant: str | None = None) -> tuple[str, dict]:
+            precision: str = "32", variant: str | None = None, sync_bn: bool = False) -> tuple[str, dict]:
     """(hex key, the payload it hashes) for a model trained on labels alone. The device and
     `trainer.compile` are not part of the key (a teacher trained compiled on a GPU serves an eager
     CPU run: the same training up to float rounding); the precision is (bf16 ≠ float32 weights),
     and only when it is not the default, so float32 keys stay what they were. `variant` names a
     model trained some other way than a plain model on its labels (e.g. the exits of a multi-exit
-    net); None keeps the keys of plain models what they were."""
+    net); None keeps the keys of plain models what they were. `sync_bn` (batch norm over all the
+    processes of a DDP job) counts only when set; the process count never does (docs/distributed.md)."""
     data = {k: v for k, v in OmegaConf.to_container(data_cfg, resolve=True).items() if k not in _DATA_KEYS_IGNORED}
     payload = {
         "model": OmegaConf.to_container(model_cfg, resolve=True),
@@ -149,6 +171,8 @@ def key_for(model_cfg, data_cfg, optim_cfg, epochs: int, augment: bool, seed: in
         payload["precision"] = str(precision)
     if variant is not None:
         payload["variant"] = variant
+    if sync_bn:
+        payload["sync_bn"] = True
     return digest(payload), payload
 
 

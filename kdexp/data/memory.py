@@ -159,7 +159,8 @@ def _normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 # Data settings that change how batches are drawn or augmented, not the tensors `load` returns.
-_NOT_LOADING = ("download", "augment", "augmentation", "max_shift", "crop_padding", "batch_size", "eval_batch_size")
+_NOT_LOADING = ("download", "augment", "augmentation", "max_shift", "crop_padding", "batch_size", "eval_batch_size",
+                "in_memory", "memory_budget_mb", "workers", "prefetch")
 
 # The data set this process loaded last, under `loading_key`: the jobs of an in-process sweep
 # (Hydra's basic launcher, a joblib worker) read and normalise it once. One at a time, so a sweep
@@ -177,14 +178,15 @@ def loading_key(cfg) -> str:
     return json.dumps(settings, sort_keys=True, default=str)
 
 
-def load(cfg) -> Dataset:
-    """The data set named by `cfg.name`, normalised, with an optional validation split; the same
-    object again while the loading settings stay the same (`loading_key`)."""
+def load(cfg, read: Callable | None = None) -> Dataset:
+    """The data set named by `cfg.name` (or made by `read(cfg)`: an image folder decoded once),
+    normalised, with an optional validation split; the same object again while the loading
+    settings stay the same (`loading_key`)."""
     global _LOADED
     key = loading_key(cfg)
     if _LOADED is None or _LOADED[0] != key:
         _LOADED = None  # the previous data set is freed before the next one is read
-        _LOADED = (key, _read(cfg))
+        _LOADED = (key, (read or _read)(cfg))
     return _LOADED[1]
 
 
@@ -255,7 +257,7 @@ def make_augmenter(cfg, generator: torch.Generator) -> Callable[[torch.Tensor], 
     if kind == "shift":
         return lambda x: random_shift(x, cfg.max_shift, generator)
     if kind == "crop_flip":
-        mean, std = STATS.get(cfg.name, ((0.0,), (1.0,)))
+        mean, std = STATS.get(cfg.name, (cfg.get("mean", (0.0,)), cfg.get("std", (1.0,))))  # an image folder: its own
         black = tuple(-m / s for m, s in zip(mean, std))
         return lambda x: random_crop_flip(x, cfg.crop_padding, generator, black)
     raise ConfigError(f"data.augmentation={kind!r} is not known; allowed: {', '.join(AUGMENTATIONS)}")

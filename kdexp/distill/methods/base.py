@@ -16,7 +16,7 @@ loss under `loss` (with `ce` and its own parts); a feature method (`hint=`) retu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -33,10 +33,43 @@ class Outputs:
     features: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class TrainingSet:
+    """What a method may know of the training split, for state sized by the data set (CRD's memory
+    bank: one row per sample, addressed by the batch's `idx`): its size, and its labels in index
+    order, read only when a method asks (`labels()`: one pass over the split)."""
+
+    size: int
+    labels: Callable[[], torch.Tensor]
+
+
+@dataclass
+class MethodStage:
+    """A stage a method trains before distillation (FT's paraphraser; AB's and FSP's initialisation
+    of the student): the family trains it as a phase of its own (`name`), through the same loop, so
+    it is logged, checkpointed and resumed like any other. `trains`: the modules it optimises (the
+    student under "student", or the method's own parts); `loss(batch, clock, student, teacher)`:
+    named loss terms, the total under `loss`, from the same `Outputs` a method's forward sees
+    (`student` is None when `teacher_only`). A `teacher_only` stage depends on the frozen teacher
+    alone: a sweep that repeats it loads it from the model store instead of training it again;
+    `identity` names the settings it depends on (part of its model-store key, with the teacher's
+    key, the epochs, seeds and optimiser), so that a sweep over anything else reuses it."""
+
+    name: str
+    epochs: int
+    trains: dict[str, nn.Module]
+    loss: Callable[..., dict[str, torch.Tensor]]
+    teacher_only: bool = False
+    identity: dict = field(default_factory=dict)
+
+
 class Method(nn.Module):
     name: ClassVar[str] = ""
     schema: ClassVar[type]
     # Keys of the schema that are temperatures / non-negative weights: checked by `check`.
+    # Bumped when the method's recipe changes what a given config computes (FitNets' regressor and
+    # default layer: 2), so that a run of the earlier recipe is not taken for this one (run_key).
+    revision: ClassVar[int] = 1
     temperatures: ClassVar[tuple[str, ...]] = ()
     weights: ClassVar[tuple[str, ...]] = ()
     # Keys of the family's `loss` section this method reads (kd=hinton: temperature and alpha).
@@ -49,6 +82,9 @@ class Method(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.loss_cfg = loss_cfg
+        # The training split, set by whoever builds the method before `setup` (the composed loss,
+        # the pre-flight check); None where there is none.
+        self.train_set: TrainingSet | None = None
 
     @classmethod
     def section(cls) -> str:  # pragma: no cover - abstract
@@ -86,7 +122,14 @@ class Method(nn.Module):
         """Fix layer names that default to the model's own (called once the models exist)."""
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
-        """Build trainable parts from a probe batch's shapes (called once, before training)."""
+        """Build trainable parts and state from a probe batch's shapes and `self.train_set` (called
+        once, before training). State the loop must checkpoint is a parameter or a persistent buffer
+        (`register_buffer`): the phase saves and restores the method's `state_dict`."""
+
+    def stages(self, student: nn.Module) -> list[MethodStage]:
+        """The stages this method trains before distillation, in order (called after `setup`,
+        with the student model a stage may train)."""
+        return []
 
     def forward(self, batch, clock, student: Outputs, teacher: Outputs) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError

@@ -79,6 +79,9 @@ class FitNets(LayerPairMethod):
     schema = FitNetsConfig
     # RepDistiller's HINT_LAYER=2: feature 2 of [stem, stage 1, stage 2, ...] is `stages.1`.
     default_stages = (1,)
+    # 2: the reference's ConvReg (with its ReLU) and middle-stage default; runs of the earlier recipe
+    # (1x1 conv + BN, last stage) keep their keys and are not taken for these.
+    revision = 2
 
     def setup(self, student, teacher) -> None:
         f_s, f_t = self.pair(student, teacher)
