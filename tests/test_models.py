@@ -258,3 +258,24 @@ def test_resnet8_teacher_on_fashion_mnist_files_distils_into_an_mlp(store, tmp_p
     assert 0.0 <= objective <= 100.0
     assert run.data.metrics["teacher_params"] == models.count_params(
         resnets.cifar_resnet(8, resnets.NARROW, 1, 10))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_a_checkpoint_saved_from_torchvisions_own_model_loads_as_a_teacher(arch):
+    """torchvision's layout (`conv1.weight`, `layer1.0.…`, `fc.weight`: the published ImageNet
+    teachers) is renamed to the re-wired net's and gives torchvision's outputs."""
+    import torchvision.models as tvm
+    from omegaconf import OmegaConf
+
+    from kdexp.run.teacher_import import fitted
+
+    shape = (3, 32, 32)
+    torch.manual_seed(0)
+    reference = tvm.get_model(arch, weights=None, num_classes=5).eval()
+    cfg = OmegaConf.create({"name": "torchvision", "arch": arch, "pretrained": False})
+    net = models.build(cfg, shape, 5, seed=1).eval()
+    assert models.from_benchmark_layout(net.state_dict(), net, cfg) is None  # kdexp's own names: left alone
+    net.load_state_dict(fitted(reference.state_dict(), net, cfg, "teacher.checkpoint", f"{arch}.pth"))
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), reference(x))

@@ -71,7 +71,8 @@ BENCHMARK_LAYOUTS: dict[str, Callable[..., dict | None]] = {
     "resnet": resnets.from_benchmark_layout, "wrn": wrn.from_benchmark_layout, "vgg": vgg.from_benchmark_layout,
     "resnet_bottleneck": resnet_bottleneck.from_benchmark_layout,
     "mobilenetv2": mobilenetv2.from_benchmark_layout, "shufflenet_v1": shufflenet.from_benchmark_layout,
-    "shufflenet_v2": shufflenet.from_benchmark_layout}
+    "shufflenet_v2": shufflenet.from_benchmark_layout,
+    "torchvision": tv_models.from_torchvision_layout}
 
 
 def build(cfg, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:

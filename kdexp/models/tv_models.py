@@ -247,7 +247,21 @@ def build(cfg, input_shape: tuple[int, ...], num_classes: int) -> StagedNet:
                           f"(the CIFAR ResNets, conf/model/resnet*.yaml) or larger inputs") from None
     if tuple(out.shape) != (2, num_classes):
         raise ConfigError(f"model arch={arch}: re-wired net gives {tuple(out.shape)} outputs, expected (2, {num_classes})")
+    # torchvision's name of each of our tensors (the re-wired net holds torchvision's own modules),
+    # so that a checkpoint saved from torchvision's model loads as a teacher (`from_torchvision_layout`).
+    ours = {id(t): name for name, t in net.state_dict(keep_vars=True).items()}
+    net.torchvision_names = {name: ours[id(t)] for name, t in model.state_dict(keep_vars=True).items() if id(t) in ours}
     return net.train()
+
+
+def from_torchvision_layout(state: dict, model: nn.Module) -> dict | None:
+    """`state` saved from torchvision's own model (`conv1.weight`, `layer1.0...`, `fc.weight`, as
+    torchvision's published ImageNet weights are) renamed to the re-wired net's names (`stem.0.weight`,
+    `stages.0.0...`); None when it is not in torchvision's layout."""
+    names = getattr(model, "torchvision_names", None)
+    if not names or not set(state) <= set(names):
+        return None
+    return {names[k]: v for k, v in state.items()}
 
 
 def describe(cfg) -> str:
