@@ -21,7 +21,7 @@ def folder(tmp_path_factory):
 
 BAD = [
     ("unknown kd", ["kd=nope"], "kd=nope is not an option of kd; allowed: ctkd, dist, dkd, hinton, ls"),
-    ("unknown hint", ["hint=nope"], "hint=nope is not an option of hint; allowed: at, fitnets, none"),
+    ("unknown hint", ["hint=nope"], "hint=nope is not an option of hint; allowed: ab, at, cc, crd, fitnets, fsp"),
     ("at on an mlp student", ["hint=at"], "model@student='mlp' is not allowed; hint=at needs feature maps"),
     ("missing layer", ["hint=fitnets", "hint.teacher=stages.9"], "its layers: stem, stages, stages.0"),
     ("negative hint weight", ["hint=fitnets", "hint.weight=-1"], "hint.weight"),
