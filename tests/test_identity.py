@@ -27,7 +27,9 @@ PINNED_RUN_KEYS.update({
     # FitNets' recipe revision 2 (the reference's ConvReg, the middle stage): other runs than the
     # revision-1 keys abe890bed65adbfa22d9dd76 and 1c9fe5922f6772072f8241c7 of the same settings.
     ('hint=fitnets',): "5604bb15455100e214c6581f",
-    ('hint=at', 'model@student=cnn'): "d91b817638c83f81cfee5ff1",
+    # AT's recipe revision 2 (the sum over stages 0-2, RepDistiller's feat[1:-1]): revision 1 was
+    # d91b817638c83f81cfee5ff1 (the last stage alone).
+    ('hint=at', 'model@student=cnn'): "d0411e206f49167d1a47e5dc",
     ('kd=dkd', 'hint=fitnets'): "eb9b6dfc1e33fd0dbe1f4719",
     ('loss=self', 'loss.mode=born_again'): "e456fa1983c49f77eb312179",
     ('loss=self', 'loss.mode=born_again', 'kd=dkd'): "a60eb958a7059fa7daf24688",

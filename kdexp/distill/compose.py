@@ -16,8 +16,10 @@ from torch import nn
 
 from kdexp.distill.features import Capture
 from kdexp.config.registry import HINT_METHODS, KD_METHODS
+from kdexp.data.source import Source
 from kdexp.distill.methods import Outputs
-from kdexp.distill.phase import Clock
+from kdexp.distill.methods.base import MethodStage, TrainingSet
+from kdexp.distill.phase import Clock, LossFn
 
 TeacherFn = Callable[[torch.Tensor, torch.Tensor], Outputs]
 FrozenLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -27,6 +29,21 @@ def _unique(names: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def training_set(source: Source) -> TrainingSet:
+    """The training split as methods see it: its size, and its labels by index (read once, when a
+    method asks: CRD's negatives are drawn from the other classes)."""
+    cache: list[torch.Tensor] = []
+
+    def labels() -> torch.Tensor:
+        if not cache:
+            out = torch.full((source.size("train"),), -1, dtype=torch.long, device=source.device)
+            for _, y, idx in source.eval_batches("train"):
+                out[idx.to(out.device)] = y.to(out.device)
+            cache.append(out)
+        return cache[0]
+    return TrainingSet(source.size("train"), labels)
+
+
 class ComposedLoss:
     """`step_loss(x, y, idx)` for the phase, `parts` for its optimiser; a context manager that
     removes its feature hooks when the phase is over.
@@ -34,15 +51,18 @@ class ComposedLoss:
     `cfg`: the typed config (its `kd`, `hint` and `loss` sections); `teacher_logits()`: the frozen
     teacher's `(x, idx) → logits`, asked for only when no method needs the teacher's features;
     `probe`: two training inputs and their indices, from which the methods size their trainable
-    parts, drawn from `seed` (the student's init and batch order are untouched)."""
+    parts, drawn from `seed` (the student's init and batch order are untouched); `train_set`: the
+    training split's size and labels, for state sized by the data set (CRD's memory bank)."""
 
     def __init__(self, cfg, student: nn.Module, teacher: nn.Module, teacher_logits: Callable[[], FrozenLogits],
-                 probe: tuple[torch.Tensor, torch.Tensor], seed: int, device: torch.device, clock: Clock):
+                 probe: tuple[torch.Tensor, torch.Tensor], seed: int, device: torch.device, clock: Clock,
+                 train_set: TrainingSet | None = None):
         self.student, self.clock = student, clock
         self.kd = KD_METHODS[cfg.kd.name](cfg.kd, cfg.loss)
         self.hint = None if HINT_METHODS[cfg.hint.name].plain(cfg.hint) else HINT_METHODS[cfg.hint.name](cfg.hint, cfg.loss)
         self.methods = [m for m in (self.kd, self.hint) if m is not None]
         for method in self.methods:
+            method.train_set = train_set
             method.resolve(student, teacher)
         student_layers = _unique([n for m in self.methods for n in m.student_layers()])
         teacher_layers = _unique([n for m in self.methods for n in m.teacher_layers()])
@@ -75,7 +95,8 @@ class ComposedLoss:
             torch.manual_seed(seed)
             student = self._student(x, eval_mode=True)
             teacher = self.teacher(x, idx)
-            for method in self.methods:
+            for method in self.methods:  # each from the seed: a part's init is independent of the other method
+                torch.manual_seed(seed)
                 method.setup(student, teacher)
         self.student.train(was_training)
 
@@ -89,6 +110,17 @@ class ComposedLoss:
     def parts(self) -> dict[str, nn.Module]:
         """The methods that own parameters (a connector, a temperature), by config section."""
         return {m.section(): m for m in self.methods if any(True for _ in m.parameters())}
+
+    def stages(self) -> list[MethodStage]:
+        """The stages the methods train before distillation, in order."""
+        return [stage for m in self.methods for stage in m.stages(self.student)]
+
+    def stage_loss(self, stage: MethodStage, clock: Clock) -> LossFn:
+        """`stage`'s step loss on a batch: the features its method asked for, from the same hooks."""
+        def step(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            student = None if stage.teacher_only else self._student(x)
+            return stage.loss((x, y, idx), clock, student, self.teacher(x, idx))
+        return step
 
     def step_loss(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         student = self._student(x)

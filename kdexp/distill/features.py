@@ -46,6 +46,28 @@ def default_layer(model: nn.Module) -> str:
     return names[-1]
 
 
+def stage_preact_names(model: nn.Module) -> list[str]:
+    """Each stage's pre-activation output: the input of its last block's own `relu` module
+    (`stages.2.4.relu:input`: the reference's `preact_feats`), or the stage's output where the last
+    block has none."""
+    names = dict(model.named_modules())
+    out = []
+    for stage in stage_names(model):
+        children = list(getattr(names[stage], "_modules", {}) or []) if stage in names else []
+        relu = f"{stage}.{children[-1]}.relu" if children else None
+        out.append(relu + INPUT if relu in names and isinstance(names[relu], nn.ReLU) else stage)
+    return out
+
+
+def classifier_input(model: nn.Module) -> str:
+    """The input of the model's last linear layer (`head.2:input` on a CIFAR ResNet): the pooled,
+    flattened penultimate feature, RepDistiller's `feat[-1]` (what CRD, RKD, PKT, ... distil)."""
+    linears = [name for name, m in model.named_modules() if name and isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(model).__name__} has no linear classifier whose input to take features from")
+    return linears[-1] + INPUT
+
+
 def find_layer(model: nn.Module, name: str, key: str) -> nn.Module:
     """`model`'s submodule `name`, or a one-line ConfigError naming `key` and the allowed names."""
     modules = dict(model.named_modules())

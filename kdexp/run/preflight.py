@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdexp.data.source import Source
 from kdexp.models import factory as models_mod
+from kdexp.distill.compose import training_set
 from kdexp.distill.features import Capture
 from kdexp.config.registry import FAMILIES, SECTIONS
 from kdexp.config.checks import ConfigError
@@ -56,6 +57,7 @@ def check_methods_fit(cfg: DictConfig, source: Source) -> None:
     teacher_cfg = FAMILIES[cfg.loss.name].method_teacher(cfg)
     teacher = models_mod.build(teacher_cfg, source.input_shape, source.num_classes, seed=0).eval()
     for method in methods:
+        method.train_set = training_set(source)  # what state sized by the data set is built from
         method.resolve(student, teacher)
         with Capture(student, method.student_layers(), "hint.student") as s_cap, \
                 Capture(teacher, method.teacher_layers(), "hint.teacher") as t_cap, torch.no_grad():

@@ -17,10 +17,10 @@ from torch import nn
 from kdexp.config.checks import require
 from kdexp.config.models import model_list
 from kdexp.config.registry import FAMILIES, KD_METHODS
-from kdexp.distill.compose import ComposedLoss
+from kdexp.distill.compose import ComposedLoss, training_set
 from kdexp.distill.functional import ensemble_probs
 from kdexp.distill.methods import is_plain
-from kdexp.distill.phase import Clock
+from kdexp.distill.phase import Clock, Phase
 from kdexp.models.factory import count_params, describe
 
 if TYPE_CHECKING:
@@ -166,7 +166,27 @@ class Family:
         by the context under `teacher_role`, whose cached logits it may use)."""
         ctx = self.ctx
         return ComposedLoss(ctx.cfg, student, teacher, lambda: ctx.frozen_logits(teacher, teacher_role),
-                            ctx.probe_batch(), ctx.seed("student/terms"), ctx.device, clock)
+                            ctx.probe_batch(), ctx.seed("student/terms"), ctx.device, clock,
+                            training_set(ctx.source))
+
+    def method_stages(self, composed: ComposedLoss, teacher_role: str, prefix: str = "") -> None:
+        """Train the stages the methods declare before distillation (FT's paraphraser, AB's and
+        FSP's initialisation), each as a phase of its own through `ctx.train`: logged, checkpointed
+        and resumed like any other, named `prefix + stage name` (one per generation: `gen2_fsp_init`).
+        A stage that depends on the frozen teacher alone comes from the model store when a sweep
+        repeats it, and is frozen once trained, like the teacher."""
+        ctx = self.ctx
+        for stage in composed.stages():
+            clock, name = Clock(), prefix + stage.name
+            phase = Phase(name=name, models=dict(stage.trains), step_loss=composed.stage_loss(stage, clock),
+                          predict=lambda x: {}, epochs=stage.epochs, seed=ctx.seed(name),
+                          augment=ctx.augment_students, clock=clock)
+            if stage.teacher_only:
+                ctx.teacher_stage(phase, teacher_role, {**stage.identity, "init_seed": ctx.seed("student/terms")})
+                for module in stage.trains.values():
+                    module.requires_grad_(False)
+            else:
+                ctx.train(phase)
 
 
 def is_plain_kd(cfg) -> bool:

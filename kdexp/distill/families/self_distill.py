@@ -168,6 +168,7 @@ class SelfDistillation(Family):
             model = ctx.build(cfg.student, role)
             clock = Clock()
             with self.composed_loss(model, gens[-1], f"gen{k - 1}", clock) as composed:
+                self.method_stages(composed, f"gen{k - 1}", prefix=f"{role}_")
                 phase = Phase(
                     name=role,
                     models={role: model},

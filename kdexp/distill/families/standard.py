@@ -34,6 +34,7 @@ class Standard(Family):
         student = ctx.build(cfg.student, "student")
         clock = Clock()
         with self.composed_loss(student, teacher, "teacher", clock) as composed:
+            self.method_stages(composed, "teacher")
             phase = Phase(
                 name="student",
                 models={"student": student},

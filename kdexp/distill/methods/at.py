@@ -2,18 +2,25 @@
 ICLR 2017).
 
 The attention map of a feature map f (N, C, H, W) is the channel mean of its squares, flattened and
-L2-normalised per sample: a(f) = normalize(mean_c f²). The student matches the teacher's:
+L2-normalised per sample: a(f) = normalize(mean_c f²). The student matches the teacher's at every
+pair of layers j, and the pairs are summed:
 
-    hint = mean((a(f_s) − a(f_t))²),   loss = family loss + weight · hint
+    hint = Σ_j mean((a(f_s^j) − a(f_t^j))²),   loss = family loss + weight · hint
 
 Maps of different sizes are average-pooled to the smaller one. Needs feature maps on both sides
-(a CNN or ResNet student and teacher); weight β = 1000 as in RepDistiller / mdistiller.
+(a CNN or ResNet student and teacher).
+
+Recipe of the published numbers: RepDistiller (helper/loops.py, `distill == 'attention'`) sums
+`at_loss` over `feat_s[1:-1]`, the outputs of the three residual stages (mdistiller's AT:
+`feats[1:]`, the same three), p = 2, and adds `-b 1000` × the sum (no halving): weight β = 1000 on
+the sum, as here. Unset `hint.student` / `hint.teacher` are those stages (`stages.0..2`; a model
+with fewer stages uses the ones it has).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,14 +50,18 @@ def at_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
 class ATConfig:
     name: str = "at"
     weight: float = 1000.0
-    student: Optional[str] = None
-    teacher: Optional[str] = None
+    # One module path or a list, paired in order; null = the recipe's stages 0, 1, 2.
+    student: Any = None
+    teacher: Any = None
 
 
 @HINT_METHODS.register
 class AttentionTransfer(LayerPairMethod):
     name = "at"
     schema = ATConfig
+    single = False
+    default_stages = (0, 1, 2)
+    revision = 2  # the recipe's sum over stages 0-2 (revision 1: the last stage alone)
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -61,11 +72,11 @@ class AttentionTransfer(LayerPairMethod):
                     f"{role} (e.g. model@{role}=cnn), or hint=fitnets")
 
     def setup(self, student, teacher) -> None:
-        f_s, f_t = self.pair(student, teacher)
-        for role, f, layer in (("student", f_s, self.student_layer), ("teacher", f_t, self.teacher_layer)):
-            if f.dim() != 4:
-                raise ConfigError(f"hint.{role}={layer!r} gives features of shape {tuple(f.shape[1:])}; "
-                                  f"hint=at needs feature maps (C, H, W): choose a convolutional layer")
+        for (f_s, f_t), s_name, t_name in zip(self.pairs(student, teacher), self.student_names, self.teacher_names):
+            for role, f, layer in (("student", f_s, s_name), ("teacher", f_t, t_name)):
+                if f.dim() != 4:
+                    raise ConfigError(f"hint.{role}={layer!r} gives features of shape {tuple(f.shape[1:])}; "
+                                      f"hint=at needs feature maps (C, H, W): choose a convolutional layer")
 
     def forward(self, batch, clock, student, teacher):
-        return {"hint": at_loss(*self.pair(student, teacher))}
+        return {"hint": sum(at_loss(f_s, f_t) for f_s, f_t in self.pairs(student, teacher))}
