@@ -416,3 +416,26 @@ def test_sighup_the_terminal_closed_marks_the_run_killed_in_one_line(tmp_path):
     assert out.strip().splitlines()[-1].startswith("kdexp: error: terminated (SIGHUP); the run is marked KILLED")
     [killed] = runs_of(tmp_path)
     assert killed.info.status == "KILLED"
+
+
+def test_a_hot_journal_left_by_a_kill_mid_write_is_rolled_back_not_refused(tmp_path):
+    """kill -9 inside a write transaction leaves `mlflow.db-journal`; the store probe used to open
+    the file read-only, could not roll it back, and refused a healthy store."""
+    import sqlite3
+
+    from kdexp.tracking.connect import _tables
+
+    db = tmp_path / "mlflow.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("create table experiments (id integer)")
+        connection.execute("create table alembic_version (v text)")
+        connection.execute("insert into experiments values (1)")
+    writer = (f"import os, sqlite3; c = sqlite3.connect({str(db)!r}, isolation_level=None); "
+              "c.execute('pragma cache_size=1'); c.execute('begin immediate'); "
+              "c.execute('insert into experiments select 2 from (select 1 union all select 1)'); "
+              "c.executemany('insert into experiments values (?)', [(3,)] * 20000); os._exit(9)")
+    subprocess.run([sys.executable, "-c", writer], check=False)
+    assert (tmp_path / "mlflow.db-journal").stat().st_size > 0  # hot: the kill left it
+    assert _tables(db) == ["alembic_version", "experiments"]
+    with sqlite3.connect(db) as connection:  # the unfinished transaction is gone, the committed row kept
+        assert connection.execute("select id from experiments").fetchall() == [(1,)]

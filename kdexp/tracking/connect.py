@@ -86,15 +86,39 @@ def check_local_store(uri: str) -> None:
 
 
 def _tables(db: Path) -> list[str]:
-    """Table names of an sqlite file, opened read-only (nothing is written, not even a journal)."""
-    connection = sqlite3.connect(f"file:{db.absolute()}?mode=ro", uri=True)
+    """Table names of an sqlite file, opened read-only (nothing is written, not even a journal).
+
+    A process killed in the middle of a transaction (kill -9 during a metric write) leaves a hot
+    journal beside the database, which sqlite rolls back on the next connection that may write;
+    a read-only one cannot, and fails with "attempt to write a readonly database". Then the probe
+    opens it read-write once, which rolls back the unfinished transaction (the database is left as
+    it was at its last commit, what any MLflow process would do next) and writes nothing else."""
+    try:
+        return _read_tables(db, "ro")
+    except sqlite3.OperationalError as err:
+        if "readonly" not in str(err) or not Path(f"{db}-journal").exists():
+            raise _unreadable(db, err) from None
+    try:
+        return _read_tables(db, "rw")
+    except sqlite3.DatabaseError as err:
+        raise _unreadable(db, err) from None
+
+
+def _read_tables(db: Path, mode: str) -> list[str]:
+    connection = sqlite3.connect(f"file:{db.absolute()}?mode={mode}", uri=True)
     try:
         return sorted(row[0] for row in connection.execute("select name from sqlite_master where type='table'"))
+    except sqlite3.OperationalError:
+        raise
     except sqlite3.DatabaseError as err:
-        raise ConfigError(f"tracking.uri=sqlite:///{db}: {db.absolute()} cannot be read as sqlite ({err}); "
-                          f"left untouched") from None
+        raise _unreadable(db, err) from None
     finally:
         connection.close()
+
+
+def _unreadable(db: Path, err: Exception) -> ConfigError:
+    return ConfigError(f"tracking.uri=sqlite:///{db}: {db.absolute()} cannot be read as sqlite ({err}); "
+                       f"left untouched")
 
 
 @contextlib.contextmanager
