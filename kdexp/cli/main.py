@@ -42,7 +42,8 @@ def handle_sigterm() -> None:
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> "NoReturn":  # noqa: F821
-    print(f"kdexp: error: {message}", file=sys.stderr)
+    rank = f"rank {os.environ.get('RANK')}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    print(f"kdexp: error: {rank}{message}", file=sys.stderr)
     sys.exit(code)
 
 
@@ -126,11 +127,19 @@ def _task(cfg: DictConfig) -> float:
     from kdexp.config.owners import refuse_ignored
     from kdexp.config.sections import validate
     from kdexp.run.loop import NonFiniteLoss
+    from kdexp.run.faults import RankFailed
 
     from kdexp.run.sweep import parent_for_job, threads_per_job
 
     hydra_cfg = HydraConfig.get()
     handle_sigterm()  # again here: a launcher's worker process runs jobs without `main`
+    if _distributed_env():  # one output folder for the job: rank 0's, sent to the other ranks
+        from kdexp.run import distributed
+
+        if not distributed.current().active:  # submitit's tasks (SLURM) run the job without `main`
+            distributed.init(cfg.trainer.dist_timeout)
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        distributed.share_output_dir(hydra_cfg.runtime.output_dir, hydra_cfg.sweep.dir if multirun else None)
     try:
         parent = parent_for_job(hydra_cfg, cfg.tracking)
         if parent is not None and cfg.trainer.threads == 0:
@@ -145,6 +154,8 @@ def _task(cfg: DictConfig) -> float:
         fail(str(err))
     except NonFiniteLoss as err:
         fail(str(err), code=1)
+    except RankFailed as err:
+        fail(f"{err}; the run is marked FAILED and its checkpoints kept: run the same command to resume", code=1)
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise
@@ -169,6 +180,25 @@ def check_output_dirs(args: list[str]) -> None:
             fail(f"{key}: cannot create output folder {Path(folder).absolute()}: {reason}")
 
 
+def _distributed_env() -> bool:
+    """Started by torchrun or an srun step of several tasks (kdexp/run/distributed.py), read
+    without importing torch."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1
+
+
+def join_job(args: list[str]) -> None:
+    """Under torchrun or srun: join the job's process group before Hydra composes, so that every
+    rank writes to rank 0's output folder."""
+    from kdexp.config.sections import TrainerConfig
+    from kdexp.run import distributed
+
+    try:
+        distributed.init(distributed.timeout_from(args, TrainerConfig.dist_timeout))
+    except ConfigError as err:
+        fail(str(err))
+    sys.argv.extend(distributed.follower_overrides())
+
+
 def main() -> None:
     args = sys.argv[1:]
     if not os.environ.get("HYDRA_FULL_ERROR"):
@@ -177,6 +207,8 @@ def main() -> None:
     from kdexp.run.sweep import SweepRefused, close_interrupted_sweep
 
     handle_sigterm()
+    if _distributed_env():
+        join_job(args)
     try:
         _task()
     except SweepRefused as err:

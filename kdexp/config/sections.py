@@ -96,7 +96,8 @@ class TrainerConfig:
     teacher_augment: bool = True
     # auto (cuda, else mps, else cpu) | cpu | cuda | mps.
     device: str = "cpu"
-    # 32 (float32) | bf16 (bfloat16 autocast of forward and loss; float32 weights and optimiser).
+    # 32 (float32) | bf16 (bfloat16 autocast of forward and loss; float32 weights and optimiser) |
+    # fp16 (float16 autocast and a GradScaler; CUDA only).
     precision: str = "32"
     # Intra-op threads for torch; 0 = torch's default (in a parallel sweep: cores / jobs).
     threads: int = 0
@@ -113,6 +114,13 @@ class TrainerConfig:
     checkpoint_dir: str = "outputs/checkpoints"
     # Keep a FINISHED run's per-epoch checkpoints (they are removed by default: outputs/ would grow).
     keep_checkpoints: bool = False
+    # Under torchrun/srun: seconds a rank waits for the others in a collective before the job fails
+    # (a rank that died); docs/distributed.md.
+    dist_timeout: int = 300
+    # Under torchrun/srun: batch norm over the whole global batch (SyncBatchNorm), not each rank's part.
+    sync_bn: bool = False
+    # Models in channels-last memory order (faster convolutions on GPUs with tensor cores).
+    channels_last: bool = False
 
 
 @dataclass
@@ -152,7 +160,7 @@ AUGMENTATIONS = ("shift", "crop_flip", "resized_crop_flip")
 IN_MEMORY = ("auto", "true", "false")
 SCHEDULERS = ("none", "multistep", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("32", "bf16")
+PRECISIONS = ("32", "bf16", "fp16")
 RERUN = ("skip", "force")
 
 

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import torch
 
 from kdexp.config.checks import ConfigError
+from kdexp.run import distributed
 from kdexp.run.model_store import key_lock
 
 
@@ -49,7 +50,9 @@ class Checkpoints:
     def save(self, phase: str, state: dict[str, Any]) -> None:
         """Write atomically: serialise in memory, write a temporary file, rename it over the last
         one. Writing through Python's file object makes a full disk an `OSError(ENOSPC)` naming
-        the file (torch's own writer reports it as a bare RuntimeError)."""
+        the file (torch's own writer reports it as a bare RuntimeError). Under DDP rank 0 writes."""
+        if not distributed.current().is_main:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.path(phase)
         tmp = target.with_suffix(".pt.tmp")
@@ -69,6 +72,20 @@ class Checkpoints:
             raise
 
     def load(self, phase: str) -> dict[str, Any] | None:
+        """The phase's last state; under DDP rank 0 reads it and every rank resumes from its copy
+        (no shared file system needed across nodes)."""
+        if not distributed.current().active:
+            return self._read(phase)
+        try:
+            state, error = (self._read(phase), None) if distributed.current().is_main else (None, None)
+        except CheckpointError as err:
+            state, error = None, str(err)
+        state, error = distributed.broadcast((state, error))
+        if error is not None:  # every rank stops with rank 0's one line
+            raise CheckpointError(error)
+        return state
+
+    def _read(self, phase: str) -> dict[str, Any] | None:
         target = self.path(phase)
         if not target.is_file():
             return None
@@ -82,6 +99,8 @@ class Checkpoints:
 
     def remove(self) -> None:
         """Delete this run's files (and its config's folder when no other run is left in it)."""
+        if not distributed.current().is_main:
+            return
         shutil.rmtree(self.folder, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.folder.parent.rmdir()  # only when empty

@@ -14,16 +14,16 @@ import zlib
 from typing import Callable
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kdexp.config.identity import imported_key_for, key_for, logits_key_for, stable_section
+from kdexp.config.identity import digest, imported_key_for, key_for, logits_key_for, stable_section
 from kdexp.data.source import Source
 from kdexp.distill.compose import FrozenLogits
 from kdexp.distill.functional import labels_only
 from kdexp.distill.phase import History, Phase, PredictFn
 from kdexp.models import factory as models_mod
-from kdexp.run import teacher_import
+from kdexp.run import distributed, teacher_import
 from kdexp.run.checkpoints import Checkpoints
 from kdexp.run.console import PhaseProgress, console
 from kdexp.run.loop import Diverged, Loop, autocast, evaluate
@@ -67,7 +67,7 @@ def supervised_key(cfg: DictConfig, model_cfg, init_role: str, epochs: int, augm
     trained some other way (the exits of a multi-exit net)."""
     return key_for(stable_section("model", model_cfg), stable_section("data", cfg.data),
                    stable_section("optim", cfg.optim), epochs, augment, role_seed(cfg.seed, init_role),
-                   precision=cfg.trainer.precision, variant=variant)
+                   precision=cfg.trainer.precision, variant=variant, sync_bn=bool(cfg.trainer.sync_bn))
 
 
 class Context:
@@ -92,6 +92,10 @@ class Context:
     def build(self, model_cfg, role: str) -> nn.Module:
         model = models_mod.build(model_cfg, self.source.input_shape, self.source.num_classes, self.seed(role))
         model = model.to(self.device)
+        if self.cfg.trainer.sync_bn:
+            model = distributed.sync_batchnorm(model)
+        if self.cfg.trainer.channels_last:  # a conv runs channels-last when its weight is: inputs follow
+            model = model.to(memory_format=torch.channels_last)
         if self.cfg.trainer.compile:
             model.compile()  # in place: parameter names, hence state dicts, stay those of the model
         return model
@@ -182,6 +186,22 @@ class Context:
         key = supervised_key(self.cfg, model_cfg, init_role, phase.epochs, phase.augment, variant)
         return self._obtain(phase.name, model, key, label, lambda: self.train(phase))
 
+    def teacher_stage(self, phase: Phase, teacher_role: str, identity: dict) -> History:
+        """A method's stage that depends on the frozen model served under `teacher_role` alone (FT's
+        paraphraser; `identity`: the method settings and seed it was built from): loaded from the
+        model store when the same stage of the same stored teacher was trained before, otherwise
+        trained and stored. A teacher the store did not serve: trained."""
+        teacher_key = self.store_keys.get(teacher_role)
+        if self.store is None or teacher_key is None:
+            return self.train(phase)
+        [model] = phase.models.values()
+        optim = OmegaConf.to_container(stable_section("optim", self.cfg.optim), resolve=True)
+        payload = {"stage_of": teacher_key, "stage": phase.name, **identity, "epochs": phase.epochs,
+                   "augment": phase.augment, "seed": phase.seed, "optim": optim,
+                   "precision": str(self.cfg.trainer.precision)}
+        label = f"{phase.name} of {teacher_role} {teacher_key[:8]}"
+        return self._obtain(phase.name, model, (digest(payload), payload), label, lambda: self.train(phase))
+
     def _imported(self, model_cfg, role: str) -> tuple[nn.Module, History]:
         """A teacher whose weights come from `model_cfg.checkpoint` (kdexp/run/teacher_import.py), not
         trained: its accuracies are measured once and logged as a one-epoch teacher's, and the
@@ -251,20 +271,21 @@ class Context:
         Per batch, the loop's autocast applies; the cache is computed under the same precision and
         kept as float32 on the data's device. A model the store served under `role` keeps its
         cache in the store too, so every student of a sweep reuses one pass over the data."""
-        if self.augment_students:
+        if self.augment_students:  # augmented inputs (a stream's crops too): a cache would be stale
             def per_batch(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-                with torch.no_grad():
-                    return model(x)
+                with torch.inference_mode():  # no autograd bookkeeping at all for the teacher
+                    logits = model(x)
+                return logits.clone()  # a normal tensor: a method may save it for the backward pass
             return per_batch
         model.eval()
 
         def compute() -> torch.Tensor:
             with torch.no_grad(), autocast(self.device, self.cfg.trainer.precision):
                 parts = [(idx, model(x).float()) for x, _, idx in self.source.eval_batches("train")]
-            logits = torch.empty(self.source.size("train"), parts[0][1].shape[1], device=self.device)
+            logits = torch.zeros(self.source.size("train"), parts[0][1].shape[1], device=self.device)
             for idx, part in parts:
                 logits[idx] = part
-            return logits
+            return distributed.sum_(logits)  # each rank computed its shard's rows (zeros elsewhere)
 
         cached = self._stored_logits(role, compute) if role in self.store_keys else compute()
         return lambda x, idx: cached.index_select(0, idx)  # = cached[idx], faster for small batches

@@ -29,6 +29,9 @@ def resolve_device(name: str, precision: str = "32") -> torch.device:
         raise ConfigError(f"trainer.device={name} is not available on this machine; "
                           f"available here: {', '.join(['auto', *here])}")
     device = torch.device(name)
+    if str(precision) == "fp16" and device.type != "cuda":
+        raise ConfigError(f"trainer.precision=fp16 needs a CUDA device (float16 autocast with a GradScaler); "
+                          f"on {name} use trainer.precision=bf16 or 32")
     if str(precision) == "bf16" and not _bf16_works(device):
         raise ConfigError(f"trainer.precision=bf16 is not supported on this {name} device; use trainer.precision=32")
     return device
@@ -41,7 +44,7 @@ def describe_device(device: torch.device, precision: str, compiled: bool = False
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         name = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    how = "bf16 autocast" if str(precision) == "bf16" else "float32"
+    how = {"bf16": "bf16 autocast", "fp16": "fp16 autocast + GradScaler"}.get(str(precision), "float32")
     return f"{name}, {how}{', compiled' if compiled else ''}"
 
 

@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from kdexp.data.sources import open_source
+from kdexp.run import distributed, faults
 from kdexp.run.checkpoints import Checkpoints
 from kdexp.run.console import console, summary
 from kdexp.run.context import Context
@@ -70,12 +71,22 @@ def _run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None, parent_r
     started = time.perf_counter()  # wall time includes loading data and opening the store
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    device = resolve_device(cfg.trainer.device, cfg.trainer.precision)
-    source = open_source(cfg.data, device)
+    world = distributed.current()  # under torchrun or srun: this rank, reading its shard of each batch
+    device = distributed.local_device(resolve_device(cfg.trainer.device, cfg.trainer.precision))
+    source = open_source(cfg.data, device, world.shard)
+    distributed.check_batches(source.size("train"), cfg.data.batch_size)
+    distributed.check_settings(cfg, device)
     check_models_fit(cfg, source)
-    tracking.prepare(cfg.tracking.uri, cfg.tracking.experiment)
+    if world.is_main:
+        tracking.prepare(cfg.tracking.uri, cfg.tracking.experiment)
     imported = check_checkpoints(cfg, source.input_shape, source.num_classes)  # a runs:/ URI needs the store
     key = run_key(cfg, device.type, imported)
+    if not world.is_main:  # rank 0 decides skip or resume and opens the one MLflow run
+        decision, value = distributed.broadcast()
+        if decision == "skip":
+            return value
+        checkpoints = Checkpoints(cfg.trainer.checkpoint_dir, key, value)
+        return _track(cfg, hydra_dir, source, device, distributed.FollowerRun(value), checkpoints, started)
     with run_lock(cfg.trainer.checkpoint_dir, key):
         previous = tracking.find_run(cfg.tracking.experiment, key) if cfg.trainer.rerun == "skip" else None
         if previous is not None and previous.status == "FINISHED":
@@ -83,12 +94,15 @@ def _run(cfg: DictConfig, overrides: list[str], hydra_dir: Path | None, parent_r
                           f"skipped (trainer.rerun=force runs it again)")
             if parent_run_id:
                 tracking.note_reused(parent_run_id, overrides, previous.run_id)
+            distributed.broadcast(("skip", previous.objective))
             return previous.objective
         resume_id = previous.run_id if previous is not None else None
         tags = {**run_tags(cfg, overrides), "kdexp.run_key": key,
                 "kdexp.role": "job" if parent_run_id else "single",
-                "kdexp.device": describe_device(device, cfg.trainer.precision, cfg.trainer.compile)}
+                "kdexp.device": describe_device(device, cfg.trainer.precision, cfg.trainer.compile),
+                **({"kdexp.processes": str(world.size)} if world.active else {})}
         run = tracking.Run(cfg.tracking, default_run_name(cfg, overrides), tags, parent_run_id, resume_id)
+        distributed.broadcast(("run", run.run_id))
         if resume_id:
             console.print(f"kdexp: resuming MLflow run {resume_id} ({previous.status}) from its checkpoints")
         checkpoints = Checkpoints(cfg.trainer.checkpoint_dir, key, run.run_id)
@@ -119,6 +133,8 @@ def _track(cfg, hydra_dir, source, device, run, checkpoints, started: float) -> 
             outcome.metrics.update(history.epoch_selected())
         run.metrics(outcome.metrics)
         run.tags({"kdexp.objective": outcome.objective})
+        if not distributed.current().is_main:  # rank 0 logs the figure and the model, and prints
+            return float(outcome.metrics[outcome.objective])
         figure = plots.learning_curves(ctx.histories)
         run.figure(figure, "learning_curves.png")
         plots.close(figure)
@@ -129,11 +145,17 @@ def _track(cfg, hydra_dir, source, device, run, checkpoints, started: float) -> 
                 run.tags({f"{name}_model_uri": uri})
         run.finish()
     except BaseException as err:
-        run.fail(err)
+        faults.report_error(err)  # under DDP: what rank 0's run says when another rank failed
+        failure = faults.explain(err)
+        run.fail(failure)
+        if failure is not err:
+            raise failure from None
         raise
     if not cfg.trainer.keep_checkpoints:
         checkpoints.remove()  # only for resuming, and a FINISHED run is never resumed
     rows = outcome.rows + [("device", describe_device(device, cfg.trainer.precision, cfg.trainer.compile)), ("wall time", f"{wall:.1f} s")]
+    if distributed.current().active:
+        rows.append(("processes", str(distributed.current().size)))
     summary(f"kdexp · {cfg.loss.name} · {cfg.data.name}", rows,
             [f"MLflow run {run.run_id} in experiment '{cfg.tracking.experiment}' of {run.where()}",
              f"open the UI: {run.ui_hint()}"])

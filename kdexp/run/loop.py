@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from kdexp.data.source import Source
+from kdexp.run import distributed
 from kdexp.distill.functional import accuracy
 from kdexp.distill.phase import Clock, History, Phase, PredictFn  # noqa: F401  (the loop's inputs)
 
@@ -68,9 +69,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int):
 
 def autocast(device: torch.device, precision: str):
     """The context forward passes and losses run in: `torch.autocast` to bfloat16 on `device` for
-    `trainer.precision=bf16` (weights, gradients and optimiser state stay float32), else nothing."""
-    if str(precision) == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    `trainer.precision=bf16` (weights, gradients and optimiser state stay float32), to float16 for
+    `fp16` (CUDA; the loop scales the loss with a GradScaler), else nothing."""
+    if str(precision) in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if str(precision) == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype)
     return contextlib.nullcontext()
 
 
@@ -89,7 +92,11 @@ def evaluate(predict: PredictFn, models: dict[str, nn.Module], source: Source, s
             correct[name] = correct.get(name, 0) + accuracy(logits, y)
     for name, m in models.items():
         m.train(modes[name])
-    return {name: 100.0 * float(c) / source.size(split) for name, c in correct.items()}
+    names = list(correct)  # each rank counted its shard: the sum is over the whole split
+    if not names:
+        return {}
+    counts = distributed.sum_(torch.stack([torch.as_tensor(correct[n], dtype=torch.float64) for n in names]))
+    return {name: 100.0 * float(c) / source.size(split) for name, c in zip(names, counts.tolist())}
 
 
 class Loop:
@@ -111,6 +118,8 @@ class Loop:
         optimizer = make_optimizer(params, self.optim_cfg)
         scheduler = make_scheduler(optimizer, self.optim_cfg, phase.epochs)
         generator = torch.Generator(device="cpu").manual_seed(phase.seed)
+        # fp16 gradients underflow without loss scaling; disabled, the scaler passes everything through.
+        scaler = torch.amp.GradScaler(params[0].device.type if params else "cpu", enabled=self.precision == "fp16")
         history, first_epoch, first_loss = History(), 1, None
         if resume is not None:
             for name, model in phase.models.items():
@@ -122,10 +131,14 @@ class Loop:
             if scheduler is not None:
                 scheduler.load_state_dict(resume["scheduler"])
             generator.set_state(resume["generator"])
+            if resume.get("scaler"):
+                scaler.load_state_dict(resume["scaler"])
             history.metrics = {k: list(v) for k, v in resume["history"].items()}
             first_epoch = resume["epoch"] + 1
         size = self.source.size("train")
         steps = math.ceil(size / self.source.cfg.batch_size)
+        # Under DDP every trained parameter's gradient is averaged over ranks (one process: as is).
+        step_loss = distributed.step_fn(trained, phase.step_loss, params[0].device if params else None)
         for m in trained.values():
             m.train()
         clock = phase.clock
@@ -136,18 +149,21 @@ class Loop:
                 # run repeats exactly what an uninterrupted one does.
                 torch.manual_seed(phase.seed * 10_007 + epoch)
                 names, sums = None, None
-                for step, (x, y, idx) in enumerate(self.source.train_batches(generator, phase.augment), start=1):
+                batches = bar.timed(self.source.train_batches(generator, phase.augment))  # img/s, data share
+                for step, (x, y, idx) in enumerate(batches, start=1):
                     clock.epoch, clock.step = epoch, step
                     with autocast(x.device, self.precision):  # forward and loss; backward outside
-                        terms = phase.step_loss(x, y, idx)
+                        terms = step_loss(x, y, idx)
                     loss = terms["loss"]
                     self._check_finite(loss, phase, epoch, step)
                     if first_loss is None and first_epoch == 1:  # the models as initialised
                         first_loss = float(loss.detach())
                     for p in params:  # = optimizer.zero_grad(set_to_none=True), minus its per-call overhead
                         p.grad = None
-                    loss.backward()
-                    optimizer.step()
+                    weight = distributed.shard_weight(len(y), step, size, self.source.cfg.batch_size)
+                    scaler.scale(loss if weight == 1.0 else loss * weight).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                     # One stacked tensor per step instead of a few ops per term: small models run
                     # thousands of steps a second, and the epoch's means are read once at its end.
                     values = torch.stack([v.detach().float() for v in terms.values()])
@@ -155,8 +171,8 @@ class Loop:
                         names, sums = list(terms), values * len(y)
                     else:
                         sums.add_(values, alpha=len(y))
-                    bar.advance(epoch, step, loss)
-                means = (sums / size).tolist()
+                    bar.advance(epoch, step, loss, len(y))
+                means = (distributed.sum_(sums) / size).tolist()  # sums over every rank's rows
                 metrics = {f"{phase.name}/{k}": v for k, v in zip(names, means)}
                 self._check_diverged(metrics[f"{phase.name}/loss"], first_loss, phase, epoch)
                 if scheduler is not None:  # log the epoch's learning rate, then move to the next one
@@ -175,6 +191,7 @@ class Loop:
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
                         "generator": generator.get_state(),
+                        "scaler": scaler.state_dict(),
                         "history": history.metrics,
                     })
                 bar.epoch_done(epoch, metrics)

@@ -44,7 +44,16 @@ class ModelStore:
         `entry.history` hold a stored model on a hit (None on a miss or with `store.reuse=false`);
         on a miss the block makes the model and calls `entry.save(state, history)`."""
         from kdexp import tracking
+        from kdexp.run import distributed
         from kdexp.run.console import console
+
+        if not distributed.current().is_main:  # rank 0 looks the key up; a hit's model comes with its answer
+            entry = _FollowerEntry(self.experiment, key, payload, label)
+            found = distributed.broadcast()
+            if found is not None:
+                entry.run_id, entry.state, entry.history = found
+            yield entry
+            return
 
         def lost(run_id: str, reason: str) -> None:
             console.print(f"kdexp: model store entry {run_id} ({label}) is unusable: {reason}; "
@@ -55,6 +64,7 @@ class ModelStore:
             entry = Entry(self.experiment, key, payload, label)
             if found is not None:
                 entry.run_id, entry.state, entry.history = found
+            distributed.broadcast(found)  # rank 0's answer (and a hit's model) to the other ranks
             yield entry
 
 
@@ -79,6 +89,13 @@ class Entry:
         from kdexp import tracking
 
         self.run_id = tracking.save_stored(self.experiment, self.key, self.payload, self.label, state, history, tags)
+        self.state, self.history = state, history
+
+
+class _FollowerEntry(Entry):
+    """The entry as a rank other than 0 holds it: on a miss it trains with rank 0, which saves."""
+
+    def save(self, state: dict, history: dict, tags: dict | None = None) -> None:
         self.state, self.history = state, history
 
 
