@@ -115,3 +115,18 @@ def test_a_killed_rank_fails_the_run_in_time_and_the_command_resumes(two_process
     for key in ("teacher/test_acc", "student/test_acc"):
         assert resumed.data.metrics[key] == pytest.approx(uninterrupted.data.metrics[key], abs=0.2), key
     assert resumed.data.metrics["student/loss"] == pytest.approx(uninterrupted.data.metrics["student/loss"], rel=1e-4)
+
+
+def test_two_nodes_on_one_machine_are_one_job_and_one_run(tmp_path):
+    """Two torchrun agents, one process each, rendezvous on 127.0.0.1 as nodes 0 and 1
+    (`--nnodes=2 --node_rank=…`, what a two-machine job does): one run, written by node 0."""
+    from helpers import finish, free_port
+
+    port = free_port()
+    nodes = [start_kdexp(["--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1", "--master_addr=127.0.0.1",
+                          f"--master_port={port}", "-m", "kdexp", *ARGS], tmp_path,
+                         command=["-m", "torch.distributed.run"]) for rank in (0, 1)]
+    outs = [finish(node, timeout=900) for node in nodes]
+    [run] = runs_of(tmp_path)
+    assert run.info.status == "FINISHED" and run.data.tags["kdexp.processes"] == "2"
+    assert outs[0].count("kdexp · standard") == 1 and "kdexp · standard" not in outs[1]
