@@ -58,9 +58,13 @@ def shell_commands(block: str) -> list[list[str]]:
     return commands
 
 
+DOCS = sorted((README.parent / "docs").glob("*.md"))
+
+
 def readme_commands(program: str) -> list[list[str]]:
-    """Every `program …` command: in bash blocks, and in inline code spans of the prose."""
-    text = readme_text()
+    """Every `program …` command of the README and the docs/ pages it links: in bash blocks, and in
+    inline code spans of the prose."""
+    text = "\n".join(path.read_text() for path in [README, *DOCS])
     found = [c for block in code_blocks(text, "bash") for c in shell_commands(block)]
     prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
     found += [shlex.split(span) for span in re.findall(r"`([^`\n]+)`", prose)]
