@@ -196,3 +196,18 @@ def test_each_teacher_of_multi_teacher_takes_its_own_checkpoint(store, tmp_path)
     assert tags["kdexp.teacher0.source"] == "imported" and tags["kdexp.teacher1.source"] == "trained"
     assert tags["kdexp.teacher0.checkpoint"] == f"{tmp_path}/t.pt"
     assert "teacher0/loss" not in metrics and "teacher1/loss" in metrics
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_naming_the_file(tmp_path):
+    """A teacher file with NaN weights is refused before any training, naming the file, rather than
+    failing later with advice about optim.lr and trainer.teacher_epochs."""
+    cfg = compose_cfg([])
+    model = models_mod.build(cfg.teacher, (1, 28, 28), 10, 0)
+    state = model.state_dict()
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = state[first].clone()
+    state[first].view(-1)[:3] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    message = _refusal(tmp_path, [f"teacher.checkpoint={tmp_path}/nan.pt"])
+    assert message.startswith(f"teacher.checkpoint={tmp_path}/nan.pt: the file's weights are not finite (3 NaN/inf")
+    assert first in message and "optim.lr" not in message

@@ -112,7 +112,20 @@ def fitted(state: dict, model: nn.Module, model_cfg, key: str, ref: str) -> dict
                  f"first shape mismatch: {mismatch}" if mismatch else ""]
         raise ConfigError(f"{key}={ref}: does not fit {models_mod.describe(model_cfg)} "
                           f"({'; '.join(p for p in parts if p)})")
+    refuse_non_finite(state, key, ref)
     return state
+
+
+def refuse_non_finite(state: dict, key: str, ref: str) -> None:
+    """A file whose weights hold NaN or inf is refused in one line naming it: a teacher that was
+    never trained here must not fail the run later with advice about learning rates and epochs."""
+    bad = {name: int((~torch.isfinite(t)).sum()) for name, t in state.items()
+           if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())}
+    if bad:
+        first = next(iter(bad))
+        raise ConfigError(f"{key}={ref}: the file's weights are not finite ({sum(bad.values())} NaN/inf values in "
+                          f"{len(bad)} tensors, first {first}); it cannot be a teacher: export it again from a "
+                          f"healthy run")
 
 
 def import_weights(model: nn.Module, model_cfg, key: str) -> None:
