@@ -439,3 +439,32 @@ def test_a_hot_journal_left_by_a_kill_mid_write_is_rolled_back_not_refused(tmp_p
     assert _tables(db) == ["alembic_version", "experiments"]
     with sqlite3.connect(db) as connection:  # the unfinished transaction is gone, the committed row kept
         assert connection.execute("select id from experiments").fetchall() == [(1,)]
+
+
+def test_an_unreachable_tracking_server_is_one_line_within_seconds(tmp_path):
+    """Nothing listens at the URI: one line naming it (credentials left out) and what to do, in
+    seconds rather than MLflow's minutes of retries."""
+    from helpers import free_port
+    from kdexp.tracking.connect import check_reachable
+
+    port = free_port()
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        check_reachable(f"http://alice:secret@127.0.0.1:{port}", timeout=2)
+    assert time.monotonic() - started < 10
+    message = str(err.value)
+    assert message.startswith(f"tracking.uri=http://127.0.0.1:{port}: no MLflow server answers there within 2 s")
+    assert "secret" not in message and "\n" not in message
+    check_reachable("sqlite:///mlflow.db")  # a local store is not a server: nothing to reach
+
+
+@pytest.mark.slow
+def test_kdexp_against_an_unreachable_server_stops_in_one_line(tmp_path):
+    from helpers import free_port
+
+    started = time.monotonic()
+    proc = start_kdexp(QUIET, tmp_path, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 2 and time.monotonic() - started < 120, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines[-1].startswith("kdexp: error: tracking.uri=http://127.0.0.1:") and "Traceback" not in out

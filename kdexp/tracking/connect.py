@@ -144,12 +144,39 @@ CREATING: dict[str, subprocess.Popen] = {}
 GO_AHEAD = b"create\n"
 
 
+REACH_TIMEOUT_S = 5.0
+
+
+def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """A tracking server that does not answer is refused in one line within `timeout` seconds,
+    before any work: MLflow's own client retries for minutes before it gives up. Any HTTP answer
+    (even 401 or 404) means a server is there; what it says is MLflow's to handle."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    shown = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl()
+    try:
+        urllib.request.urlopen(f"{shown.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise ConfigError(f"tracking.uri={shown}: no MLflow server answers there within {timeout:g} s ({reason}); "
+                          f"start it (mlflow server --host 127.0.0.1 --port {parts.port or 5000}) or point "
+                          f"tracking.uri / MLFLOW_TRACKING_URI at a running one") from None
+
+
 def open_tracking_store(uri: str) -> None:
     """Create and migrate the store behind `uri` once per process, under the creation lock."""
     db = sqlite_path(uri)
     where = str(db.absolute()) if db is not None else uri  # a relative path is another file elsewhere
     if where in _READY:
         return
+    check_reachable(uri)
     creator = CREATING.pop(where, None)
     if creator is not None:  # the run needs its store now: the child creates it while MLflow is imported here
         try:
