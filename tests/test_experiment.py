@@ -125,8 +125,8 @@ def test_the_next_run_frees_the_data_and_models_of_the_previous_one(store, monke
     loaded, built = [], []
     real_load, real_build = data.load, models.build
 
-    def load(cfg):
-        dataset = real_load(cfg)
+    def load(cfg, *args):
+        dataset = real_load(cfg, *args)
         loaded.append(weakref.ref(dataset.train.x))
         return dataset
 

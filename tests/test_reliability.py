@@ -468,3 +468,20 @@ def test_kdexp_against_an_unreachable_server_stops_in_one_line(tmp_path):
     assert proc.returncode == 2 and time.monotonic() - started < 120, out
     lines = [line for line in out.splitlines() if line.strip()]
     assert lines[-1].startswith("kdexp: error: tracking.uri=http://127.0.0.1:") and "Traceback" not in out
+
+
+def test_a_signal_during_a_store_write_takes_effect_right_after_it():
+    """An interrupt raised inside sqlalchemy can leave a transaction open that locks the store for
+    the run's own KILLED; a store write is therefore never cut half-way."""
+    import os
+
+    from kdexp.tracking.runs import signals_deferred
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            done.append("the write finished")
+    assert done == ["the write finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

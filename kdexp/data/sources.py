@@ -14,7 +14,8 @@ import torch
 from kdexp.config.checks import ConfigError
 from kdexp.data import folder_layout
 from kdexp.data.folder import FolderSource, check_files
-from kdexp.data.memory import LOADERS, Dataset, MemorySource, Split, load
+from kdexp.data import memory
+from kdexp.data.memory import LOADERS, Dataset, MemorySource, Split
 from kdexp.data.source import Shard, Source
 
 FOLDER_SETS = ("imagefolder", "imagenet", "tiny_imagenet")
@@ -29,7 +30,7 @@ def open_source(cfg, device: torch.device, shard: Shard = Shard()) -> Source:
         if cfg.augmentation == STREAM_ONLY_AUGMENTATION:
             raise ConfigError(f"data.augmentation={STREAM_ONLY_AUGMENTATION} is for image folders "
                               f"(data.name={'|'.join(FOLDER_SETS)}); allowed for {cfg.name}: shift, crop_flip")
-        return MemorySource(load(cfg).to(device), cfg, device, shard)
+        return MemorySource(memory.load(cfg).to(device), cfg, device, shard)
     return open_folder(cfg, device, shard)
 
 
@@ -56,7 +57,7 @@ def open_folder(cfg, device: torch.device, shard: Shard = Shard()) -> Source:
     images = sum(stream.size(s) for s in stream.layout.splits)
     if not in_memory(cfg, images):
         return stream
-    return MemorySource(load(cfg, lambda _: _dataset(stream)).to(device), cfg, device, shard)
+    return MemorySource(memory.load(cfg, lambda _: _dataset(stream)).to(device), cfg, device, shard)
 
 
 def _checked_layout(cfg) -> folder_layout.Layout:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import signal
 import threading
 import traceback
@@ -18,6 +20,9 @@ PARAM_LIMIT = 6000  # MLflow's limit on a param value
 CHANGED_PREFIX = "kdexp.resumed_with."  # tag of a setting changed since the run started
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
 def signals_held():
     """SIGINT, SIGTERM and SIGHUP ignored inside the block (in the main thread; elsewhere signals cannot be
@@ -25,12 +30,45 @@ def signals_held():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _SIGNALS}
     try:
         yield
     finally:
         for sig, handler in held.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """A Ctrl-C, SIGTERM or SIGHUP that arrives inside the block takes effect right after it: a
+    write to the store is never cut half-way (an interrupt raised inside sqlalchemy can leave a
+    transaction open that locks the store for the run's own "KILLED", and the status then says
+    nothing true). Main thread only, as signals are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in _SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if pending:
+            handler = previous[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)  # Ctrl-C's KeyboardInterrupt, kdexp's Terminated
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), pending[0])
+
+
+def _whole(write):
+    """The method's store write, with signals deferred until it is done (`signals_deferred`)."""
+    @functools.wraps(write)
+    def deferred(*args, **kwargs):
+        with signals_deferred():
+            return write(*args, **kwargs)
+    return deferred
 
 
 class Run:
@@ -63,6 +101,7 @@ class Run:
         return {m.step for m in self.mlflow.MlflowClient().get_metric_history(self.run_id, key)}
 
     # --- logging ---
+    @_whole
     def params(self, params: dict[str, Any]) -> list[str]:
         """Log params; on a resumed run only those it lacks, and changed ones as tags (their
         names are returned)."""
@@ -79,22 +118,28 @@ class Run:
             self.mlflow.log_params(values)
         return sorted(changed)
 
+    @_whole
     def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.mlflow.log_metrics({k.replace("@", "_"): rounded(k, float(v)) for k, v in metrics.items()}, step=step)
 
+    @_whole
     def tags(self, tags: dict[str, str]) -> None:
         self.mlflow.set_tags(tags)
 
+    @_whole
     def text(self, text: str, path: str) -> None:
         self.mlflow.log_text(text, path)
 
+    @_whole
     def figure(self, figure, path: str) -> None:
         self.mlflow.log_figure(figure, path)
 
+    @_whole
     def folder(self, folder: str | Path, artifact_path: str) -> None:
         if Path(folder).is_dir():
             self.mlflow.log_artifacts(str(folder), artifact_path)
 
+    @_whole
     def model(self, model, name: str, example) -> str:
         """Log a torch model so that `mlflow.pytorch.load_model(uri)` loads it; returns the uri."""
         import mlflow.pytorch
@@ -108,6 +153,7 @@ class Run:
         return info.model_uri
 
     # --- ending ---
+    @_whole
     def finish(self) -> None:
         if self.resumed:  # an earlier attempt's error no longer describes this run
             client = self.mlflow.MlflowClient()
