@@ -76,6 +76,31 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
     return out
 
 
+def reference_and_killed(args: list[str], folder: Path, timeout: float = 300, poll: float = 0.05) -> tuple[Path, Path]:
+    """`kdexp ARGS` run to the end in `folder/reference`, and again in `folder/crash` killed with
+    SIGKILL as soon as its first student checkpoint is written; returns the two folders (the
+    crashed run's checkpoint is `student_checkpoint(crash)`)."""
+    import signal
+    import time
+
+    reference, crash = folder / "reference", folder / "crash"
+    reference.mkdir(), crash.mkdir()
+    finish(start_kdexp(args, reference), timeout=timeout)
+    victim = start_kdexp(args, crash)
+    deadline = time.time() + timeout
+    while student_checkpoint(crash) is None:
+        assert victim.poll() is None, victim.stdout.read()
+        assert time.time() < deadline, "no student checkpoint in time"
+        time.sleep(poll)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    return reference, crash
+
+
+def student_checkpoint(folder: Path) -> Path | None:
+    return next(folder.glob("outputs/checkpoints/*/*/student.pt"), None)
+
+
 # --- what a store holds ------------------------------------------------------------------------------
 
 

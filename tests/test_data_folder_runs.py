@@ -4,12 +4,10 @@ sweep over loss.temperature trains its teacher once and shares it and its cached
 
 from __future__ import annotations
 
-import signal
-import time
 
 import pytest
 
-from helpers import finish, kdexp, runs_of, start_kdexp
+from helpers import finish, kdexp, reference_and_killed, runs_of, start_kdexp
 from test_data_folder import GREY, write_digits
 
 STREAM = ["data=imagefolder", *GREY, "data.in_memory=false", "data.batch_size=16", "trainer.progress=false",
@@ -21,18 +19,7 @@ def test_kill_9_mid_run_then_the_same_command_resumes_to_identical_metrics(tmp_p
     root = write_digits(tmp_path / "digits", train=12, val=4)
     # Augmented students (RandomResizedCrop + flip drawn in 2 workers), so the teacher runs per batch.
     args = [*STREAM, f"data.root={root}", "data.augment=true", "data.workers=2", "trainer.epochs=3"]
-    reference_dir, crash_dir = tmp_path / "reference", tmp_path / "crash"
-    reference_dir.mkdir(), crash_dir.mkdir()
-    finish(start_kdexp(args, reference_dir), timeout=300)
-
-    victim = start_kdexp(args, crash_dir)
-    deadline = time.time() + 300
-    while not list(crash_dir.glob("outputs/checkpoints/*/*/student.pt")):
-        assert victim.poll() is None, victim.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    reference_dir, crash_dir = reference_and_killed(args, tmp_path, poll=0.02)
     assert "resuming MLflow run" in finish(start_kdexp(args, crash_dir), timeout=300)
 
     [reference], [crashed] = runs_of(reference_dir), runs_of(crash_dir)

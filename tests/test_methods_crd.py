@@ -3,8 +3,6 @@ tensors: the NCE loss, the two-sided scores against the memory banks, the bank u
 the recipe's settings and CRD+KD's weights; the bank resumed exactly after kill -9."""
 
 import math
-import signal
-import time
 
 import pytest
 import torch
@@ -12,7 +10,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from conftest import FAST, compose_cfg
-from helpers import finish, runs_of, start_kdexp
+from helpers import finish, reference_and_killed, runs_of, start_kdexp, student_checkpoint
 from kdexp.config.checks import ConfigError
 from kdexp.distill.compose import ComposedLoss
 from kdexp.distill.methods import Outputs
@@ -131,18 +129,8 @@ def test_bad_settings_are_refused_in_one_line(override, needle):
 def test_runs_end_to_end_and_resumes_its_memory_bank_exactly_after_kill_9(tmp_path):
     args = [*FAST, "hint=crd", "hint.negatives=64", "loss.alpha=1", "data.limit_train=256",
             "trainer.epochs=2", "trainer.baseline=false", "tracking.log_model=false"]
-    reference_dir, crash_dir = tmp_path / "reference", tmp_path / "crash"
-    reference_dir.mkdir(), crash_dir.mkdir()
-    finish(start_kdexp(args, reference_dir), timeout=600)
-    victim = start_kdexp(args, crash_dir)
-    deadline = time.time() + 600
-    while not list(crash_dir.glob("outputs/checkpoints/*/*/student.pt")):
-        assert victim.poll() is None, victim.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    saved = torch.load(next(crash_dir.glob("outputs/checkpoints/*/*/student.pt")), weights_only=True)
+    reference_dir, crash_dir = reference_and_killed(args, tmp_path, timeout=600)
+    saved = torch.load(student_checkpoint(crash_dir), weights_only=True)
     assert saved["epoch"] < 2 and {"memory_s", "memory_t", "normalisers"} <= set(saved["parts"]["hint"])
     assert (saved["parts"]["hint"]["normalisers"] > 0).all()
     assert "resuming MLflow run" in finish(start_kdexp(args, crash_dir), timeout=600)

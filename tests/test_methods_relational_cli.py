@@ -6,14 +6,12 @@ cannot use are refused by the pre-flight check: tests/test_methods_relational.py
 from __future__ import annotations
 
 import math
-import signal
-import time
 
 import pytest
 import torch
 
 from conftest import FAST
-from helpers import finish, kdexp, runs_of, start_kdexp
+from helpers import finish, kdexp, reference_and_killed, runs_of, start_kdexp, student_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -37,18 +35,8 @@ def test_each_method_finishes_from_the_command_line_with_a_finite_kd_gain(tmp_pa
 def test_vid_resumes_its_regressors_and_variances_exactly_after_kill_9(tmp_path):
     args = [*PAIR, *FAST, "hint=vid", "data.limit_train=256", "trainer.epochs=3", "trainer.baseline=false",
             "tracking.log_model=false"]
-    reference_dir, crash_dir = tmp_path / "reference", tmp_path / "crash"
-    reference_dir.mkdir(), crash_dir.mkdir()
-    finish(start_kdexp(args, reference_dir), timeout=600)
-    victim = start_kdexp(args, crash_dir)
-    deadline = time.time() + 600
-    while not list(crash_dir.glob("outputs/checkpoints/*/*/student.pt")):
-        assert victim.poll() is None, victim.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    saved = torch.load(next(crash_dir.glob("outputs/checkpoints/*/*/student.pt")), weights_only=True)
+    reference_dir, crash_dir = reference_and_killed(args, tmp_path, timeout=600)
+    saved = torch.load(student_checkpoint(crash_dir), weights_only=True)
     assert saved["epoch"] < 3
     assert {"log_scales.0", "log_scales.1", "regressors.0.0.weight"} <= set(saved["parts"]["hint"])
     assert "resuming MLflow run" in finish(start_kdexp(args, crash_dir), timeout=600)

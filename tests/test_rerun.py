@@ -1,8 +1,6 @@
 """Re-runs: finished work is skipped, interrupted work resumes, bad checkpoints are refused."""
 
 import os
-import signal
-import time
 from pathlib import Path
 
 import mlflow
@@ -10,7 +8,7 @@ import pytest
 import torch
 
 from conftest import FAST, compose_cfg
-from helpers import finish, runs_of, start_kdexp
+from helpers import finish, reference_and_killed, runs_of, start_kdexp, student_checkpoint
 from kdexp.run import experiment
 from kdexp.run.checkpoints import CheckpointError, Checkpoints
 from kdexp.config.identity import run_key
@@ -92,20 +90,9 @@ def test_non_finite_loss_stops_with_phase_epoch_and_step(store):
                                            (["kd=ctkd"], {"kd"})], ids=["hinton", "fitnets", "ctkd"])
 def test_kill_9_then_same_command_resumes_to_identical_metrics(tmp_path, method, parts):
     args = [*FAST, *method, "data.limit_train=1000", "trainer.epochs=4", "tracking.log_model=false"]
-    reference_dir, crash_dir = tmp_path / "reference", tmp_path / "crash"
-    reference_dir.mkdir(), crash_dir.mkdir()
-    finish(start_kdexp(args, reference_dir), timeout=300)
-
-    victim = start_kdexp(args, crash_dir)
-    deadline = time.time() + 300
-    while not list(crash_dir.glob("outputs/checkpoints/*/*/student.pt")):
-        assert victim.poll() is None, victim.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    reference_dir, crash_dir = reference_and_killed(args, tmp_path)
     if parts is not None:
-        saved = torch.load(next(crash_dir.glob("outputs/checkpoints/*/*/student.pt")), weights_only=True)
+        saved = torch.load(student_checkpoint(crash_dir), weights_only=True)
         assert saved["epoch"] < 4 and set(saved["parts"]) == parts
 
     assert "resuming MLflow run" in finish(start_kdexp(args, crash_dir), timeout=300)
