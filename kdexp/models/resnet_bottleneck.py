@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from kdexp.models import benchmark_layout as layout
+from kdexp.models.resnets import reference_init
 from kdexp.models.staged import StagedNet
 
 EXPANSION = 4
@@ -56,14 +57,7 @@ def resnet_bottleneck(blocks: list[int], in_channels: int, num_classes: int) -> 
         stages.append(nn.Sequential(*layers))
         cin = planes * EXPANSION
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(cin, num_classes))
-    net = StagedNet(stages, head, stem=stem)
-    for m in net.modules():  # as the reference
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-    return net
+    return reference_init(StagedNet(stages, head, stem=stem))
 
 
 def build(cfg, input_shape: tuple[int, ...], num_classes: int) -> StagedNet:

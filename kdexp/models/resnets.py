@@ -70,8 +70,13 @@ def cifar_resnet(depth: int, widths: list[int], in_channels: int, num_classes: i
     if dropout:
         head.append(nn.Dropout(dropout))
     head.append(nn.Linear(cin, num_classes))
-    net = StagedNet(stages, nn.Sequential(*head), stem=stem)
-    for m in net.modules():  # as in the reference code: He init for convs, unit batch norms
+    return reference_init(StagedNet(stages, nn.Sequential(*head), stem=stem))
+
+
+def reference_init(net: nn.Module) -> nn.Module:
+    """The CIFAR ResNets' init in the reference code (basic and bottleneck blocks alike): He init
+    (fan out) for convs, unit batch norms; linear layers keep torch's default."""
+    for m in net.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(m, nn.BatchNorm2d):

@@ -32,6 +32,7 @@ from kdexp.config.registry import HINT_METHODS
 from kdexp.distill.features import stage_preact_names
 from kdexp.distill.methods.base import MethodStage
 from kdexp.distill.methods.hint_layers import LayerPairMethod
+from kdexp.distill.methods.maps import require_pair_maps
 
 
 @dataclass
@@ -92,12 +93,8 @@ class ActivationBoundaries(LayerPairMethod):
         super().resolve(student, teacher)
 
     def setup(self, student, teacher) -> None:
+        require_pair_maps(self, student, teacher)
         pairs = self.pairs(student, teacher)
-        for (f_s, f_t), s_name, t_name in zip(pairs, self.student_names, self.teacher_names):
-            for role, f, layer in (("student", f_s, s_name), ("teacher", f_t, t_name)):
-                if f.dim() != 4:
-                    raise ConfigError(f"hint.{role}={layer!r} gives features of shape {tuple(f.shape[1:])}; "
-                                      f"hint=ab needs feature maps (C, H, W)")
         self.connectors = nn.ModuleList(ab_connector(tuple(s.shape[1:]), tuple(t.shape[1:])) for s, t in pairs)
 
     def init_loss(self, batch, clock, student, teacher):

@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from kdexp.config.registry import HINT_METHODS
-from kdexp.config.checks import ConfigError, require
+from kdexp.config.checks import require
 from kdexp.distill.methods.hint_layers import LayerPairMethod
+from kdexp.distill.methods.maps import require_pair_maps
 
 # Models whose every layer output is a vector: AT cannot apply to them.
 _VECTOR_MODELS = ("mlp",)
@@ -72,11 +73,7 @@ class AttentionTransfer(LayerPairMethod):
                     f"{role} (e.g. model@{role}=cnn), or hint=fitnets")
 
     def setup(self, student, teacher) -> None:
-        for (f_s, f_t), s_name, t_name in zip(self.pairs(student, teacher), self.student_names, self.teacher_names):
-            for role, f, layer in (("student", f_s, s_name), ("teacher", f_t, t_name)):
-                if f.dim() != 4:
-                    raise ConfigError(f"hint.{role}={layer!r} gives features of shape {tuple(f.shape[1:])}; "
-                                      f"hint=at needs feature maps (C, H, W): choose a convolutional layer")
+        require_pair_maps(self, student, teacher)
 
     def forward(self, batch, clock, student, teacher):
         return {"hint": sum(at_loss(f_s, f_t) for f_s, f_t in self.pairs(student, teacher))}

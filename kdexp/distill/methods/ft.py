@@ -28,10 +28,11 @@ from typing import Any
 import torch.nn.functional as F
 from torch import nn
 
-from kdexp.config.checks import ConfigError, require
+from kdexp.config.checks import require
 from kdexp.config.registry import HINT_METHODS
 from kdexp.distill.methods.base import MethodStage
 from kdexp.distill.methods.hint_layers import LayerPairMethod
+from kdexp.distill.methods.maps import require_pair_maps
 
 
 @dataclass
@@ -87,11 +88,8 @@ class FactorTransfer(LayerPairMethod):
                 cfg.hint.init_epochs, "allowed: an integer >= 1 (the paraphraser's epochs)")
 
     def setup(self, student, teacher) -> None:
+        require_pair_maps(self, student, teacher)
         f_s, f_t = self.pair(student, teacher)
-        for role, f, layer in (("student", f_s, self.student_layer), ("teacher", f_t, self.teacher_layer)):
-            if f.dim() != 4:
-                raise ConfigError(f"hint.{role}={layer!r} gives features of shape {tuple(f.shape[1:])}; "
-                                  f"hint=ft needs feature maps (C, H, W): choose a convolutional layer")
         k = max(1, int(f_t.shape[1] * self.cfg.rate))
         self.paraphraser = Paraphraser(f_t.shape[1], k)  # first: its init depends on the teacher alone
         self.translator = _convs([f_s.shape[1], f_s.shape[1], k, k], batch_norm=True)

@@ -32,6 +32,14 @@ def require_maps(method: str, role: str, layer: str, f: torch.Tensor) -> None:
                           f"hint={method} needs feature maps (C, H, W): choose a convolutional layer")
 
 
+def require_pair_maps(method, student, teacher) -> None:
+    """`require_maps` on both sides of each layer pair of `method` (a `LayerPairMethod`), on the
+    probe batch's `Outputs`."""
+    for (f_s, f_t), s, t in zip(method.pairs(student, teacher), method.student_names, method.teacher_names):
+        require_maps(method.name, "student", s, f_s)
+        require_maps(method.name, "teacher", t, f_t)
+
+
 def common_size(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Both maps average-pooled to the smaller height and width (the references pool the larger)."""
     size = (min(f_s.shape[2], f_t.shape[2]), min(f_s.shape[3], f_t.shape[3]))

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from kdexp.config.registry import HINT_METHODS
 from kdexp.distill.methods.hint_layers import LayerPairMethod
-from kdexp.distill.methods.maps import EVERY_STAGE, common_size, refuse_vector_models, require_maps
+from kdexp.distill.methods.maps import EVERY_STAGE, common_size, refuse_vector_models, require_pair_maps
 
 
 def _poly(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -67,9 +67,7 @@ class NeuronSelectivityTransfer(LayerPairMethod):
         refuse_vector_models(cfg, cls.name)
 
     def setup(self, student, teacher) -> None:
-        for (f_s, f_t), s, t in zip(self.pairs(student, teacher), self.student_names, self.teacher_names):
-            require_maps(self.name, "student", s, f_s)
-            require_maps(self.name, "teacher", t, f_t)
+        require_pair_maps(self, student, teacher)
 
     def forward(self, batch, clock, student, teacher):
         return {"hint": sum(nst_loss(f_s, f_t) for f_s, f_t in self.pairs(student, teacher))}

@@ -34,6 +34,7 @@ from kdexp.config.checks import ConfigError
 from kdexp.config.registry import HINT_METHODS
 from kdexp.distill.features import INPUT, stage_preact_names
 from kdexp.distill.methods.hint_layers import LayerPairMethod
+from kdexp.distill.methods.maps import require_pair_maps
 
 
 @dataclass
@@ -99,12 +100,8 @@ class OFD(LayerPairMethod):
         self._margins = [margin(bn_before(teacher, layer)) for layer in self.teacher_names]
 
     def setup(self, student, teacher) -> None:
+        require_pair_maps(self, student, teacher)
         pairs = self.pairs(student, teacher)
-        for (f_s, f_t), s_name, t_name in zip(pairs, self.student_names, self.teacher_names):
-            for role, f, layer in (("student", f_s, s_name), ("teacher", f_t, t_name)):
-                if f.dim() != 4:
-                    raise ConfigError(f"hint.{role}={layer!r} gives features of shape {tuple(f.shape[1:])}; "
-                                      f"hint=ofd needs feature maps (C, H, W)")
         self.connectors = nn.ModuleList(connector(s.shape[1], t.shape[1]) for s, t in pairs)
         for i, m in enumerate(self._margins):
             self.register_buffer(f"margin{i}", m.clone())
