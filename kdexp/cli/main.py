@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from kdexp.config.checks import ConfigError
 from kdexp.cli.exits import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED
-from kdexp.config.paths import CONFIG_DIR
+from kdexp.config.paths import CONFIG_DIR, remove_unused_run_folder
 
 
 RESUME_HINT = "the run is marked KILLED and its checkpoint kept: run the same command to resume"
@@ -119,6 +119,13 @@ def _task(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from kdexp.data.expected import missing_data
+
+    hydra_cfg = HydraConfig.get()
+    if (problem := missing_data(cfg.data)) is not None:  # before the slow imports, leaving nothing
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            remove_unused_run_folder(Path(hydra_cfg.runtime.output_dir), Path(hydra_cfg.runtime.cwd))
+        fail(problem)
     from kdexp.run.model_store import start_creating_tracking_store
 
     start_creating_tracking_store(cfg)  # a new store is created beside the imports below (torch, ~1 s), not after them
@@ -131,7 +138,6 @@ def _task(cfg: DictConfig) -> float:
 
     from kdexp.run.sweep import parent_for_job, threads_per_job
 
-    hydra_cfg = HydraConfig.get()
     handle_sigterm()  # again here: a launcher's worker process runs jobs without `main`
     if _distributed_env():  # one output folder for the job: rank 0's, sent to the other ranks
         from kdexp.run import distributed

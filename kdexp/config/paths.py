@@ -22,3 +22,27 @@ def unwritable(path: Path) -> str | None:
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable"
     return None
+
+
+def remove_unused_run_folder(folder: Path, top: Path) -> None:
+    """Remove `folder`, a run folder Hydra made for a run refused before it started, when it holds
+    only what Hydra writes at the start (`.hydra/*.yaml`, the job's `.log`), then its parents up to
+    `top` while they are empty: a refused command leaves nothing behind. Anything else in it (a
+    checkpoint, a user's file) keeps the whole folder."""
+    folder, top = folder.absolute(), top.absolute()
+    if not folder.is_dir() or top not in folder.parents:
+        return
+    files = [p for p in folder.rglob("*") if not p.is_dir()]
+    if any(not (p.suffix == ".log" and p.parent == folder or p.suffix == ".yaml" and p.parent.name == ".hydra")
+           for p in files):
+        return
+    for path in files:
+        path.unlink()
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        sub.rmdir()
+    while folder != top:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: another run's folder is beside it
+            return
+        folder = folder.parent

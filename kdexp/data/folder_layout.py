@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kdexp.config.checks import ConfigError
+from kdexp.data.expected import folder_root_problem
 
 # The extensions torchvision's ImageFolder accepts (torchvision.datasets.folder.IMG_EXTENSIONS).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -128,9 +129,8 @@ def find(cfg) -> Layout:
     from kdexp.data.memory import stratified_split
 
     root = Path(str(cfg.root)).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"data.root={cfg.root}: not a folder; expected DIR/train/<class>/*, DIR/val/<class>/* "
-                          f"or DIR/<class>/*")
+    if (problem := folder_root_problem(cfg.root)) is not None:
+        raise ConfigError(problem)
     expected = "DIR/train/<class>/* and DIR/val/<class>/* (or DIR/<class>/* with data.val_size > 0)"
     top = _subdirs(root)
     if "train" in top:

@@ -13,12 +13,12 @@ import torch
 
 from kdexp.config.checks import ConfigError
 from kdexp.data import folder_layout
+from kdexp.data.expected import FOLDER_SETS
 from kdexp.data.folder import FolderSource, check_files
 from kdexp.data import memory
 from kdexp.data.memory import LOADERS, Dataset, MemorySource, Split
 from kdexp.data.source import Shard, Source
 
-FOLDER_SETS = ("imagefolder", "imagenet", "tiny_imagenet")
 STREAM_ONLY_AUGMENTATION = "resized_crop_flip"
 
 

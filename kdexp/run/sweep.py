@@ -44,8 +44,11 @@ class MlflowSweep(Callback):
         self.parent_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from kdexp.data.expected import missing_data
         from kdexp.run.model_store import ModelStore, start_creating_tracking_store
 
+        if (problem := missing_data(config.data)) is not None:  # before any import, store or folder
+            raise SweepRefused(problem)
         start_creating_tracking_store(config)  # a new store is created beside the imports below (torch, ~1 s), not after them
         from kdexp.distill import catalog  # noqa: F401  (catalog: families and terms register)
         from kdexp import tracking
