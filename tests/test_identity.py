@@ -20,7 +20,9 @@ PINNED_RUN_KEYS = {
 # Issue 21 (one owner per setting) changed which settings enter a run key: the configs that compute
 # what they computed before keep their keys. Computed with the tree before it (commit 7ea75b8).
 PINNED_RUN_KEYS.update({
-    ('kd=dkd',): "6322e86edc5332c2f15b0f27",
+    # DKD's warm-up is now the recipe's fraction of trainer.epochs (2 of the default 20): the runs of
+    # the earlier 20-epoch warm-up are those that set it, kd.warmup=20.
+    ('kd=dkd', 'kd.warmup=20'): "6322e86edc5332c2f15b0f27",
     ('kd=dist',): "a304f3a86e1e834d9e475bb3",
     ('kd=ls',): "dfe73463ceec1572e202c472",
     ('kd=ctkd',): "79ba411ebfadb8671428edc2",
@@ -30,15 +32,15 @@ PINNED_RUN_KEYS.update({
     # AT's recipe revision 2 (the sum over stages 0-2, RepDistiller's feat[1:-1]): revision 1 was
     # d91b817638c83f81cfee5ff1 (the last stage alone).
     ('hint=at', 'model@student=cnn'): "d0411e206f49167d1a47e5dc",
-    ('kd=dkd', 'hint=fitnets'): "eb9b6dfc1e33fd0dbe1f4719",
+    ('kd=dkd', 'kd.warmup=20', 'hint=fitnets'): "eb9b6dfc1e33fd0dbe1f4719",
     ('loss=self', 'loss.mode=born_again'): "e456fa1983c49f77eb312179",
-    ('loss=self', 'loss.mode=born_again', 'kd=dkd'): "a60eb958a7059fa7daf24688",
+    ('loss=self', 'loss.mode=born_again', 'kd=dkd', 'kd.warmup=20'): "a60eb958a7059fa7daf24688",
     ('loss=none',): "b64b92fc672d75f4f7b795f3",
     ('experiment=cifar100_resnet32x4_resnet8x4',): "c4571f77138f7191b0f5e7e8",
     ('experiment=born_again',): "e7d927ebd62abe7028db0d00",
     ('experiment=dml',): "f46d8c4eb1e3bee5e00f7d19",
     ('experiment=ensemble_teachers',): "bf3fcc5fee1720986d519b91",
-    ('kd=dkd', 'kd.temperature=2'): "4ae6bb8e77dc977324995f01",
+    ('kd=dkd', 'kd.warmup=20', 'kd.temperature=2'): "4ae6bb8e77dc977324995f01",
 })
 # (teacher store key, baseline store key) of the standard family.
 PINNED_STORE_KEYS = {

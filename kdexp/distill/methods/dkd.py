@@ -8,7 +8,8 @@ binary "target vs the rest" distribution and p̂ the distribution over the non-t
     loss = ce_weight · CE(z_s, y) + min(epoch / warmup, 1) · T² · (alpha · TCKD + beta · NCKD)
 
 DKD frees NCKD from the (1 − p_t,y) factor that suppresses it for confident teachers. Defaults as
-mdistiller's CIFAR-100 recipe: alpha = 1, beta = 8, T = 4, ce_weight = 1, warmup = 20 epochs. beta
+mdistiller's CIFAR-100 recipe: alpha = 1, beta = 8, T = 4, ce_weight = 1, warmup = 20 of its 240
+epochs (null: that fraction of `trainer.epochs`, methods/warmup.py). beta
 is per pair in mdistiller's configs/cifar100/dkd/: 8 for ResNet-32x4 → ResNet-8x4 (and the default),
 2 for res56 → res20 and res110 → res32, 6 for the VGG and WRN pairs; `+bench=cifar100 pair=...`
 sets it (conf/recipe/dkd/<pair>.yaml).
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from kdexp.config.registry import KD_METHODS
-from kdexp.config.checks import require
+from kdexp.distill.methods import warmup
 from kdexp.distill.methods.base import LogitMethod
 from kdexp.distill.methods.ls import standardize
 
@@ -58,8 +59,9 @@ class DKDConfig:
     beta: float = 8.0
     temperature: float = 4.0
     ce_weight: float = 1.0
-    # Epochs over which the distillation weight rises linearly to 1 (0 = full weight at once).
-    warmup: int = 20
+    # Epochs over which the distillation weight rises linearly to 1 (0 = full weight at once);
+    # null = the recipe's 20 of 240 epochs, scaled to trainer.epochs (resolved when validated).
+    warmup: int | None = None
     standardize: bool = False
 
 
@@ -74,7 +76,7 @@ class DKD(LogitMethod):
     @classmethod
     def check(cls, cfg) -> None:
         super().check(cfg)
-        require(cfg.kd.warmup >= 0, "kd.warmup", cfg.kd.warmup, "must be >= 0 epochs")
+        warmup.resolve(cfg.kd, "kd.warmup", cfg.trainer.epochs, recipe_warmup=20)
 
     def forward(self, batch, clock, student, teacher):
         cfg, y = self.cfg, batch[1]
@@ -83,6 +85,5 @@ class DKD(LogitMethod):
         if cfg.standardize:
             z_s, z_t = standardize(z_s), standardize(z_t)
         tckd, nckd = dkd_parts(z_s, z_t, y, cfg.temperature)
-        ramp = min(clock.epoch / cfg.warmup, 1.0) if cfg.warmup else 1.0
-        kd = ramp * (cfg.alpha * tckd + cfg.beta * nckd)
+        kd = warmup.ramp(clock.epoch, cfg.warmup) * (cfg.alpha * tckd + cfg.beta * nckd)
         return {"loss": cfg.ce_weight * ce + kd, "ce": ce, "kd": kd, "tckd": tckd, "nckd": nckd}

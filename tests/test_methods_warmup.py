@@ -1,0 +1,36 @@
+"""A recipe's warm-up is its fraction of the run (issue 28: DKD's 20 epochs in a 3-epoch run never
+reached full weight, silently)."""
+
+import pytest
+
+from conftest import compose_cfg
+from kdexp.config.checks import ConfigError
+from kdexp.distill.methods.warmup import ramp
+
+
+@pytest.mark.parametrize("epochs, expected", [(240, 20), (20, 2), (3, 0), (120, 10)])
+def test_dkd_warmup_is_the_recipes_fraction_of_trainer_epochs(epochs, expected):
+    assert compose_cfg(["kd=dkd", f"trainer.epochs={epochs}"], fast=False).kd.warmup == expected
+
+
+def test_a_warmup_the_user_sets_is_kept_and_reaches_full_weight():
+    cfg = compose_cfg(["kd=dkd", "trainer.epochs=3", "kd.warmup=3"], fast=False)
+    assert cfg.kd.warmup == 3 and [ramp(e, 3) for e in (1, 2, 3)] == [1 / 3, 2 / 3, 1.0]
+    assert ramp(1, 0) == 1.0
+
+
+def test_a_warmup_longer_than_the_run_is_refused_in_one_line():
+    with pytest.raises(ConfigError) as err:
+        compose_cfg(["kd=dkd", "trainer.epochs=3", "kd.warmup=20"], fast=False)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("kd.warmup=20 is not allowed")
+    assert "[0, trainer.epochs=3]" in message and "null" in message
+
+
+def test_the_resolved_warmup_is_in_the_run_key():
+    from kdexp.config.identity import run_key
+
+    short = compose_cfg(["kd=dkd", "trainer.epochs=20"], fast=False)
+    pinned = compose_cfg(["kd=dkd", "trainer.epochs=20", "kd.warmup=2"], fast=False)
+    assert run_key(short, "cpu") == run_key(pinned, "cpu")
+    assert run_key(short, "cpu") != run_key(compose_cfg(["kd=dkd", "kd.warmup=20"], fast=False), "cpu")
