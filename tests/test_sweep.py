@@ -1,6 +1,7 @@
 """Multiruns through the real CLI: parent/child runs, teachers trained once, parallel jobs, Optuna."""
 
 import os
+import re
 import sys
 
 import pytest
@@ -61,6 +62,8 @@ def test_rerun_of_a_sweep_skips_finished_jobs(tmp_path):
     kdexp(args, tmp_path, check=True)
     again = kdexp(args, tmp_path, check=True)
     assert again.stdout.count("already FINISHED") == 2
+    # Reused jobs are named by this sweep's axes, not by every override they were launched with.
+    assert re.search(r"best job: loss\.temperature=[24] → student_acc", again.stdout), again.stdout[-2000:]
     parents, children = split(runs_of(tmp_path))
     assert len(children) == 2 and len(parents) == 2
     # The second sweep's parent points at the reused runs, so its report still lists both jobs.

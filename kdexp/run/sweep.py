@@ -89,7 +89,7 @@ class MlflowSweep(Callback):
             if group is not None:  # seeds swept: one lucky seed is not a result, a setting is
                 print(f"kdexp: best setting: {group}; compare all settings with: kdexp-report")
             elif best is not None:
-                print(f"kdexp: best job: {best['overrides']} → {best['objective']} = {best['value']:.2f} "
+                print(f"kdexp: best job: {best['name']} → {best['objective']} = {best['value']:.2f} "
                       f"(run {best['run_id']}); compare all jobs with: kdexp-report")
             print(f"kdexp: MLflow store: {tracking.tracking_store_location(config.tracking.get('uri'))}")
             uri = tracking.resolve_uri(config.tracking.get("uri"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kdexp.tracking.connect import client, git_commit, open_tracking_store, prepare, resolve_uri, search_all
 from kdexp.config.owners import override_key
-from kdexp.tracking.job_names import COMMON_KEYS_TAG, sweep_name
+from kdexp.tracking.job_names import COMMON_KEYS_TAG, job_name, sweep_name
 from kdexp.tracking.reader import REUSED_PREFIX, RunRecord, jobs_of, record
 from kdexp.tracking.runs import PARAM_LIMIT
 from kdexp.tracking.ui import KEY_METRICS, rounded, sweep_view
@@ -107,7 +107,14 @@ def _objective(job: RunRecord) -> tuple[str, float | None]:
     return name, job.metrics.get(name)
 
 
-def _table(jobs: list[RunRecord]) -> str:
+def _named(job: RunRecord, common_keys: list[str]) -> str:
+    """A job named by this sweep's axes: its overrides but those every job of the sweep sets alike
+    (a job reused from an earlier sweep carries this sweep's overrides, kdexp/tracking/reader.py)."""
+    overrides = job.tags.get("overrides", "")
+    return job_name(overrides, common_keys) or overrides or job.name
+
+
+def _table(jobs: list[RunRecord], common_keys: list[str]) -> str:
     """The parent's description: every job with its status and objective, best first."""
     def rank(job: RunRecord) -> tuple:
         value = _objective(job)[1]
@@ -118,14 +125,14 @@ def _table(jobs: list[RunRecord]) -> str:
         name, value = _objective(job)
         how = " (reused)" if "kdexp.reused_in" in job.tags else ""
         shown = f"{name} = {value:.2f}" if value is not None else "-"
-        lines.append(f"| {job.tags.get('overrides', job.name)} | {job.status}{how} | {shown} | {job.run_id} |")
+        lines.append(f"| {_named(job, common_keys)} | {job.status}{how} | {shown} | {job.run_id} |")
     return "\n".join(lines)
 
 
 def end_sweep(parent_id: str, status: str | None = None) -> tuple[str, dict | None]:
     """Close the parent: FINISHED when every job finished, else FAILED (or `status`, e.g. KILLED
     on an interrupt). Every job counts: nested, resumed and reused. Tags and returns the best
-    finished job by its objective as {run_id, overrides, objective, value}."""
+    finished job by its objective as {run_id, overrides, name (by the sweep's axes), objective, value}."""
     mlflow_client = client()
     parent = record(mlflow_client.get_run(parent_id))
     jobs = jobs_of(mlflow_client, parent)
@@ -133,12 +140,13 @@ def end_sweep(parent_id: str, status: str | None = None) -> tuple[str, dict | No
     if status is None:
         status = "FINISHED" if all(s == "FINISHED" for s in statuses) else "FAILED"
     mlflow_client.set_tag(parent_id, "kdexp.jobs", f"{statuses.count('FINISHED')}/{len(statuses)} finished")
-    mlflow_client.set_tag(parent_id, "mlflow.note.content", _table(jobs)[:60000])
+    common_keys = json.loads(parent.tags.get(COMMON_KEYS_TAG, "[]"))
+    mlflow_client.set_tag(parent_id, "mlflow.note.content", _table(jobs, common_keys)[:60000])
     best = None
     for job in jobs:
         objective, value = _objective(job)
         if job.status == "FINISHED" and value is not None and (best is None or value > best["value"]):
-            best = {"run_id": job.run_id, "overrides": job.tags.get("overrides", ""),
+            best = {"run_id": job.run_id, "overrides": job.tags.get("overrides", ""), "name": _named(job, common_keys),
                     "objective": objective, "value": value}
     if best is not None:
         mlflow_client.set_tag(parent_id, "kdexp.best_run", best["run_id"])
