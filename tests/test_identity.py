@@ -25,13 +25,14 @@ PINNED_RUN_KEYS.update({
     ('kd=dkd', 'kd.warmup=20'): "6322e86edc5332c2f15b0f27",
     ('kd=dist',): "a304f3a86e1e834d9e475bb3",
     ('kd=ls',): "dfe73463ceec1572e202c472",
-    ('kd=ctkd',): "79ba411ebfadb8671428edc2",
+    ('kd=ctkd', 'kd.warmup=10'): "79ba411ebfadb8671428edc2",
     # FitNets' recipe revision 2 (the reference's ConvReg, the middle stage): other runs than the
     # revision-1 keys abe890bed65adbfa22d9dd76 and 1c9fe5922f6772072f8241c7 of the same settings.
     ('hint=fitnets',): "5604bb15455100e214c6581f",
-    # AT's recipe revision 2 (the sum over stages 0-2, RepDistiller's feat[1:-1]): revision 1 was
+    # AT's recipe revision 3 (every stage, paired from the first: RepDistiller's zip(feat_s[1:-1],
+    # feat_t[1:-1])): revision 2 was d0411e206f49167d1a47e5dc (stages 0-2, the last pairs), revision 1
     # d91b817638c83f81cfee5ff1 (the last stage alone).
-    ('hint=at', 'model@student=cnn'): "d0411e206f49167d1a47e5dc",
+    ('hint=at', 'model@student=cnn'): "f3ea461db55b8746c3078aef",
     ('kd=dkd', 'kd.warmup=20', 'hint=fitnets'): "eb9b6dfc1e33fd0dbe1f4719",
     ('loss=self', 'loss.mode=born_again'): "e456fa1983c49f77eb312179",
     ('loss=self', 'loss.mode=born_again', 'kd=dkd', 'kd.warmup=20'): "a60eb958a7059fa7daf24688",

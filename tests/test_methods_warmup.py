@@ -13,6 +13,11 @@ def test_dkd_warmup_is_the_recipes_fraction_of_trainer_epochs(epochs, expected):
     assert compose_cfg(["kd=dkd", f"trainer.epochs={epochs}"], fast=False).kd.warmup == expected
 
 
+@pytest.mark.parametrize("epochs, expected", [(240, 10), (20, 1), (3, 0)])
+def test_ctkd_curriculum_is_the_recipes_fraction_of_trainer_epochs(epochs, expected):
+    assert compose_cfg(["kd=ctkd", f"trainer.epochs={epochs}"], fast=False).kd.warmup == expected
+
+
 def test_a_warmup_the_user_sets_is_kept_and_reaches_full_weight():
     cfg = compose_cfg(["kd=dkd", "trainer.epochs=3", "kd.warmup=3"], fast=False)
     assert cfg.kd.warmup == 3 and [ramp(e, 3) for e in (1, 2, 3)] == [1 / 3, 2 / 3, 1.0]

@@ -10,7 +10,8 @@ temperature ascends the distillation loss (makes the task harder) while the stud
     loss = alpha · CE(z_s, y) + (1 − alpha) · τ² · KL(softmax(z_t/τ) ‖ softmax(z_s/τ))
 
 θ is a trainable part of the phase: optimised with the student and kept in its checkpoints.
-Defaults as the authors': t_min = 1, t_max = 21, warmup = 10, lambda_max = 1.
+Defaults as the authors': t_min = 1, t_max = 21, warmup = 10 of their 240 epochs (null: that fraction
+of `trainer.epochs`, methods/warmup.py), lambda_max = 1.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 from kdexp.distill.functional import kd_kl
 from kdexp.config.registry import KD_METHODS
 from kdexp.config.checks import require, require_temperature
+from kdexp.distill.methods import warmup
 from kdexp.distill.methods.base import LogitMethod
 
 
@@ -53,7 +55,7 @@ class CTKDConfig:
     name: str = "ctkd"
     t_min: float = 1.0
     t_max: float = 21.0
-    warmup: int = 10
+    warmup: int | None = None  # null: the recipe's 10 of 240 epochs, scaled to trainer.epochs
     lambda_max: float = 1.0
 
 
@@ -70,7 +72,7 @@ class CTKD(LogitMethod):
     def check(cls, cfg) -> None:
         super().check(cfg)
         require(cfg.kd.t_min < cfg.kd.t_max, "kd.t_max", cfg.kd.t_max, f"must be > kd.t_min ({cfg.kd.t_min})")
-        require(cfg.kd.warmup >= 0, "kd.warmup", cfg.kd.warmup, "must be >= 0 epochs")
+        warmup.resolve(cfg.kd, "kd.warmup", cfg.trainer.epochs, recipe_warmup=10)
         require_temperature("kd.t_max", cfg.kd.t_max)
 
     def __init__(self, cfg, loss_cfg):
