@@ -202,8 +202,8 @@ def test_layer_lists_pair_in_order_and_default_to_the_recipes_stages():
     m.resolve(staged(3), staged(3))
     assert m.student_layers() == m.teacher_layers() == ["stages.0", "stages.1", "stages.2"]
     m = Multi(OmegaConf.create({"student": None, "teacher": None, "weight": 1.0}), None)
-    m.resolve(staged(2), staged(3))  # as many pairs as both have: the last ones
-    assert m.student_layers() == ["stages.0", "stages.1"] and m.teacher_layers() == ["stages.1", "stages.2"]
+    m.resolve(staged(2), staged(3))  # as many pairs as both have: the first ones (the references' zip)
+    assert m.student_layers() == ["stages.0", "stages.1"] and m.teacher_layers() == ["stages.0", "stages.1"]
     m = Multi(OmegaConf.create({"student": ["a", "b"], "teacher": ["c", "d"], "weight": 1.0}), None)
     m.resolve(staged(3), staged(3))
     s, t = Outputs(Z_S, {"a": 1, "b": 2}), Outputs(Z_T, {"c": torch.ones(1), "d": torch.zeros(1)})

@@ -32,7 +32,10 @@ def _resnet(widths, seed):
 
 
 def test_the_recipe_is_beta_1000_on_the_sum_over_stages_one_to_three():
-    assert ATConfig().weight == 1000.0 and AttentionTransfer.default_stages == (0, 1, 2)
+    from kdexp.distill.methods.maps import EVERY_STAGE
+
+    # Every stage (RepDistiller's feat[1:-1]): the three of a CIFAR ResNet, four on VGG (tests/test_methods_pairing.py).
+    assert ATConfig().weight == 1000.0 and AttentionTransfer.default_stages == EVERY_STAGE
     assert not AttentionTransfer.single
     cfg = compose_cfg(["hint=at", "model@teacher=resnet8", "model@student=resnet8"])
     student, teacher = _resnet([8, 8, 16, 32], 1), _resnet([16, 16, 32, 64], 2).eval()

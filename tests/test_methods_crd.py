@@ -55,7 +55,7 @@ def test_one_step_matches_the_reference_memory_scores_and_update():
     f_s, f_t = torch.randn(B, D_S, requires_grad=True), torch.randn(B, D_T)
     idx, y = torch.tensor([0, 4, 5, 9]), LABELS[[0, 4, 5, 9]]
     contrast = torch.cat([idx[:, None], torch.randint(0, N, (B, K))], 1)
-    m.contrast_indices = lambda i, labels: contrast
+    m.contrast_indices = lambda i, labels, *draw: contrast
     hint = m((None, y, idx), Clock(), Outputs(None, {"s": f_s}), Outputs(None, {"t": f_t}))["hint"]
 
     # RepDistiller: Embed (linear + x / ||x||), ContrastMemory.forward, CRDLoss.forward.

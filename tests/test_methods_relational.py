@@ -285,7 +285,7 @@ def test_vid_starts_at_the_references_variance_and_is_the_gaussian_nll():
 def models():
     teacher = build(OmegaConf.create({"name": "cnn", "channels": [4, 8], "fc": 16, "dropout": 0.0, "batch_norm": True}),
                     SHAPE, 10, 2).eval().requires_grad_(False)
-    student = build(OmegaConf.create({"name": "resnet", "depth": 8, "widths": [2, 2, 4, 8], "dropout": 0.0}),
+    student = build(OmegaConf.create({"name": "resnet", "depth": 8, "widths": [4, 4, 8, 16], "dropout": 0.0}),
                     SHAPE, 10, 1)
     return student, teacher
 
@@ -293,9 +293,10 @@ def models():
 DEFAULT_LAYERS = {
     "rkd": (["head.2:input"], ["head.4:input"]), "pkt": (["head.2:input"], ["head.4:input"]),
     "cc": (["head.2:input"], ["head.4:input"]), "sp": (["stages.2"], ["stages.1"]),
-    "nst": (["stages.1", "stages.2"], ["stages.0", "stages.1"]),
-    "kdsvd": (["stages.1", "stages.2"], ["stages.0", "stages.1"]),
-    "vid": (["stages.1", "stages.2"], ["stages.0", "stages.1"]),
+    # 3 student stages, 2 teacher stages: the first two of each (the references' zip).
+    "nst": (["stages.0", "stages.1"], ["stages.0", "stages.1"]),
+    "kdsvd": (["stages.0", "stages.1"], ["stages.0", "stages.1"]),
+    "vid": (["stages.0", "stages.1"], ["stages.0", "stages.1"]),
 }
 
 
@@ -316,8 +317,8 @@ def test_each_method_defaults_to_its_recipes_layers_and_trains_the_student_and_i
         parts = list(d.hint.parameters())
         assert bool(parts) == (name in ("cc", "vid"))
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in parts)
-    # The hint alone reaches the student's stages it reads (stage 0 only feeds the later ones).
-    assert student.stages[-1][0].conv1.weight.grad.abs().sum() > 0
+    # The hint alone reaches the student's stages it reads (every method reads stage 1 or a later one).
+    assert student.stages[1][0].conv1.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
 
 
@@ -362,5 +363,5 @@ def test_the_preflight_check_refuses_kdsvd_on_layers_of_unequal_width_before_any
     cfg = compose_cfg(["hint=kdsvd", "model@student=resnet8", "student.widths=[8,8,16,16]", "teacher.channels=[16,32]"])
     with pytest.raises(ConfigError) as err:
         check_methods_fit(cfg, open_source(cfg.data, torch.device("cpu")))
-    assert str(err.value) == ("hint.student='stages.2' has 16 channels and hint.teacher='stages.1' 32; hint=kdsvd "
+    assert str(err.value) == ("hint.student='stages.0' has 8 channels and hint.teacher='stages.0' 16; hint=kdsvd "
                               "aligns singular vectors over channels: pair layers of equal width")

@@ -88,7 +88,8 @@ def test_the_fusion_matches_the_reference_and_gradients_reach_student_and_abfs()
 
 
 def test_the_recipe_levels_on_cifar_resnets_and_the_weights():
-    assert (ReviewKDConfig().weight, ReviewKDConfig().warmup) == (5.0, 20)
+    assert (ReviewKDConfig().weight, ReviewKDConfig().warmup) == (5.0, None)  # null: the recipe's 20 of 240 epochs
+    assert compose_cfg(["hint=reviewkd", "trainer.epochs=240"], fast=False).hint.warmup == 20
     spec = {"name": "resnet", "depth": 14, "widths": [8, 8, 16, 32], "dropout": 0.0}
     student, teacher = build(OmegaConf.create(spec), (3, 32, 32), 10, 0), build(OmegaConf.create(spec), (3, 32, 32), 10, 1)
     m = ReviewKD(OmegaConf.structured(ReviewKDConfig()), None)
@@ -99,5 +100,5 @@ def test_the_recipe_levels_on_cifar_resnets_and_the_weights():
 
 
 def test_a_negative_warmup_is_refused_in_one_line():
-    with pytest.raises(ConfigError, match=r"hint\.warmup=-1 is not allowed; allowed: an integer >= 0"):
+    with pytest.raises(ConfigError, match=r"hint\.warmup=-1 is not allowed; allowed: an integer in \[0, trainer\.epochs=1\]"):
         compose_cfg(["hint=reviewkd", "hint.warmup=-1"])

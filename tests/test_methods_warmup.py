@@ -18,6 +18,12 @@ def test_ctkd_curriculum_is_the_recipes_fraction_of_trainer_epochs(epochs, expec
     assert compose_cfg(["kd=ctkd", f"trainer.epochs={epochs}"], fast=False).kd.warmup == expected
 
 
+@pytest.mark.parametrize("epochs, expected", [(240, 20), (20, 2), (3, 0)])
+def test_reviewkd_warmup_is_the_recipes_fraction_of_trainer_epochs(epochs, expected):
+    cfg = compose_cfg(["hint=reviewkd", "model@student=cnn", f"trainer.epochs={epochs}"], fast=False)
+    assert cfg.hint.warmup == expected
+
+
 def test_a_warmup_the_user_sets_is_kept_and_reaches_full_weight():
     cfg = compose_cfg(["kd=dkd", "trainer.epochs=3", "kd.warmup=3"], fast=False)
     assert cfg.kd.warmup == 3 and [ramp(e, 3) for e in (1, 2, 3)] == [1 / 3, 2 / 3, 1.0]

@@ -67,7 +67,8 @@ def readme_commands(program: str) -> list[list[str]]:
     text = "\n".join(path.read_text() for path in [README, *DOCS])
     found = [c for block in code_blocks(text, "bash") for c in shell_commands(block)]
     prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
-    found += [shlex.split(span) for span in re.findall(r"`([^`\n]+)`", prose)]
+    # Only spans that start with the program's name are commands (a quoted message may hold a lone quote).
+    found += [shlex.split(span) for span in re.findall(r"`([^`\n]+)`", prose) if span == program or span.startswith(f"{program} ")]
     return [c[1:] for c in found if c and c[0] == program]
 
 

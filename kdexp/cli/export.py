@@ -23,13 +23,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", help="the .pt file to write")
     p.add_argument("--role", default="teacher",
                    help="which model of a run: teacher (default), student, teacher0, ... (ignored for a store entry)")
-    p.add_argument("--experiment", default="kdexp", help="MLflow experiment of the runs (default: kdexp)")
+    p.add_argument("--experiment", default=None,
+                   help="for a store key only: look in <EXPERIMENT>-store (default: every experiment; "
+                        "a run id is found wherever it is)")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     return p
 
 
-def export(ref: str, path: str | Path, role: str = "teacher", experiment: str = "kdexp",
+def export(ref: str, path: str | Path, role: str = "teacher", experiment: str | None = None,
            tracking_uri: str | None = None) -> str:
     """Write the state dict of `ref` to `path`; returns what was written."""
     import torch

@@ -23,6 +23,7 @@ from kdexp.config.paths import CONFIG_DIR, remove_unused_run_folder
 
 
 RESUME_HINT = "the run is marked KILLED and its checkpoint kept: run the same command to resume"
+NO_RUN_HINT = "it stopped before any MLflow run was started, so nothing is recorded: run the same command to start"
 
 
 class Terminated(KeyboardInterrupt):
@@ -228,13 +229,16 @@ def main() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        from kdexp.tracking.connect import store_opened
+
         parent = close_interrupted_sweep()
         sweep = f"; sweep parent run {parent} closed as KILLED" if parent else ""
+        hint = RESUME_HINT if parent or store_opened() else NO_RUN_HINT  # no store opened yet: no run exists
         if isinstance(err, Terminated):
             name = err.args[0] if err.args else "SIGTERM"
-            fail(f"terminated ({name}); {RESUME_HINT}{sweep}",
+            fail(f"terminated ({name}); {hint}{sweep}",
                  EXIT_TERMINATED if name == "SIGTERM" else 128 + signal.Signals[name].value)
-        fail(f"interrupted; {RESUME_HINT}{sweep}", EXIT_INTERRUPTED)
+        fail(f"interrupted; {hint}{sweep}", EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ class ComposedLoss:
         self.kd = KD_METHODS[cfg.kd.name](cfg.kd, cfg.loss)
         self.hint = None if HINT_METHODS[cfg.hint.name].plain(cfg.hint) else HINT_METHODS[cfg.hint.name](cfg.hint, cfg.loss)
         self.methods = [m for m in (self.kd, self.hint) if m is not None]
+        self.hint_weight = self.hint.cfg.weight if self.hint is not None else 0.0  # read once, not per step
         for method in self.methods:
             method.train_set = train_set
             method.resolve(student, teacher)
@@ -128,7 +129,7 @@ class ComposedLoss:
         terms = self.kd((x, y, idx), self.clock, student, teacher)
         if self.hint is not None:
             hint = self.hint((x, y, idx), self.clock, student, teacher)["hint"]
-            terms = {**terms, "loss": terms["loss"] + self.hint.cfg.weight * hint, "hint": hint}
+            terms = {**terms, "loss": terms["loss"] + self.hint_weight * hint, "hint": hint}
         return terms
 
     def close(self) -> None:

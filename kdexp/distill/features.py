@@ -48,13 +48,14 @@ def default_layer(model: nn.Module) -> str:
 
 def stage_preact_names(model: nn.Module) -> list[str]:
     """Each stage's pre-activation output: the input of its last block's own `relu` module
-    (`stages.2.4.relu:input`: the reference's `preact_feats`), or the stage's output where the last
-    block has none."""
+    (`stages.2.4.relu:input`: the reference's `preact_feats`), or of the stage's own last `relu`
+    (a VGG stage: `stages.3.relu:input`), or the stage's output where there is neither."""
     names = dict(model.named_modules())
     out = []
     for stage in stage_names(model):
         children = list(getattr(names[stage], "_modules", {}) or []) if stage in names else []
-        relu = f"{stage}.{children[-1]}.relu" if children else None
+        last = f"{stage}.{children[-1]}" if children else None
+        relu = last if last is not None and last.endswith(".relu") else f"{last}.relu"
         out.append(relu + INPUT if relu in names and isinstance(names[relu], nn.ReLU) else stage)
     return out
 

@@ -7,6 +7,12 @@ key tag in MLflow), never from a timestamped folder, and never shared between tw
 Files are written atomically (a failed write, e.g. a full disk, leaves the previous epoch's file
 and no temporary file) and loaded with `weights_only=True`. A FINISHED run's files are removed
 unless `trainer.keep_checkpoints=true`.
+
+Each file names the run key it was written for (`RUN_KEY_FIELD`), and a file of another key is
+refused in one line (issue 27, case 5: a `student.pt` copied from the T=9 run's folder into the
+T=7 run's would otherwise resume T=7 from T=9's epoch and weights). A file written before keys
+were recorded names none: it is accepted with a note, so runs interrupted before an upgrade still
+resume (their folder, `<run key>/<run id>`, was chosen by that key).
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ import torch
 
 from kdexp.config.checks import ConfigError
 from kdexp.run import distributed
+from kdexp.run.console import console
 from kdexp.run.model_store import key_lock
+
+RUN_KEY_FIELD = "kdexp_run_key"  # in every checkpoint: the run key it belongs to
 
 
 class CheckpointError(ConfigError):
@@ -42,6 +51,7 @@ class Checkpoints:
     """The checkpoint files of one run: `save(phase, state)` each epoch, `load(phase)` on resume."""
 
     def __init__(self, root: str | Path, key: str, run_id: str):
+        self.key = key
         self.folder = Path(root) / key / run_id
 
     def path(self, phase: str) -> Path:
@@ -57,7 +67,7 @@ class Checkpoints:
         target = self.path(phase)
         tmp = target.with_suffix(".pt.tmp")
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        torch.save({**state, RUN_KEY_FIELD: self.key}, buffer)
         try:
             with open(tmp, "wb") as handle:
                 handle.write(buffer.getbuffer())
@@ -90,12 +100,27 @@ class Checkpoints:
         if not target.is_file():
             return None
         try:
-            return torch.load(target, map_location="cpu", weights_only=True)
+            state = torch.load(target, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
             raise CheckpointError(
                 f"checkpoint {target} cannot be loaded ({_cause(err, target)}); "
                 f"delete it to restart that phase, or run with trainer.rerun=force"
             ) from None
+        return self._own(state, target)
+
+    def _own(self, state: Any, target: Path) -> Any:
+        """`state` without its run key, refused when that key is another run's (a file copied
+        between runs' folders); a file of an earlier version, which names no key, with a note."""
+        found = state.pop(RUN_KEY_FIELD, None) if isinstance(state, dict) else None
+        if found is None:
+            console.print(f"kdexp: note: checkpoint {target} names no run key (written by an earlier kdexp); "
+                          f"resuming from it as the checkpoint of this run, whose folder it is in", markup=False)
+        elif found != self.key:
+            raise CheckpointError(
+                f"checkpoint {target} belongs to run key {found}, not to this run's key {self.key} (copied "
+                f"from another run's folder?); move it back to that run's folder or delete it to restart "
+                f"that phase")
+        return state
 
     def remove(self) -> None:
         """Delete this run's files (and its config's folder when no other run is left in it)."""

@@ -241,6 +241,8 @@ class Context:
             else:  # made while the key's lock is held: parallel jobs of a sweep make it once
                 history, source = make(), made
                 entry.save(model.state_dict(), _without_prefix(history.metrics, role), tags)
+                if entry.stored_elsewhere:  # another machine's entry won: its weights, as later runs load them
+                    model.load_state_dict(entry.state)
         self.store_keys[role] = digest
         self.run.tags({f"kdexp.{role}.source": source, f"kdexp.{role}.lineage": entry.run_id})
         if source == "store":

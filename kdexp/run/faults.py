@@ -5,12 +5,24 @@ on gloo a collective with the dead rank breaks at once; either way rank 0's run 
 naming the rank, not KILLED as if the user had stopped it. Every rank leaves its pid in the job's
 store when it joins, a rank that raises leaves its error, one stopped by the launcher says so; rank
 0 reads them when its run ends badly (`explain`).
+
+A sweep's jobs in worker processes (Hydra's joblib launcher) are the other many-process fault
+(issue 27, case 13): SIGTERM to the launcher alone used to end it at once, and joblib then killed
+its workers with SIGKILL, leaving their runs RUNNING under a line that said KILLED. Now the
+launcher hands the signal to the workers that run a job, waits for their runs to be marked
+KILLED, and only then stops (`stop_workers_first`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
+import signal
 import socket
+import threading
 import time
+from pathlib import Path
 
 from kdexp.run.distributed import current, store
 
@@ -70,3 +82,125 @@ def explain(err: BaseException) -> BaseException:
     while (peer := failed_peer()) is None and time.monotonic() < deadline:
         time.sleep(0.2)
     return RankFailed(peer) if peer is not None else err
+
+
+# --- a sweep whose jobs run in worker processes (Hydra's joblib launcher) -----------------------
+
+STOP_GRACE_S = 20.0  # how long a stopped launcher waits for its jobs' KILLED (SLURM's KillWait: 30 s)
+# The signals a launcher stops on, and whether it hands them to its workers: Ctrl-C in a terminal
+# reaches every process of the foreground group already, SIGTERM and SIGHUP sent by a scheduler or
+# `kill` reach the launcher alone.
+_STOP_SIGNALS = {signal.SIGTERM: True, signal.SIGHUP: True, signal.SIGINT: False}
+_installed: dict[int, tuple] = {}  # signal → (the handler `stop_workers_first` replaced, its own)
+
+
+class SweepStopped(KeyboardInterrupt):
+    """A job a worker took after its launcher was stopped: refused before it opens a run."""
+
+
+def _marks(sweep_dir: str) -> Path:
+    return Path(sweep_dir) / ".kdexp"
+
+
+def job_started(sweep_dir: str) -> None:
+    """In a worker, at each job's start: refused once the launcher is stopping (the worker would
+    otherwise take the next queued job while the launcher waits for the running ones), else
+    marked busy, so that the launcher signals the workers that run a job and no idle one (an idle
+    worker dies of SIGTERM, and loky then kills every worker, those recording KILLED included)."""
+    marks = _marks(sweep_dir)
+    if (marks / "stopping").exists():
+        raise SweepStopped("the sweep's launcher was stopped before this job started")
+    marks.mkdir(parents=True, exist_ok=True)
+    (marks / f"busy-{os.getpid()}").touch()
+
+
+def job_ended(sweep_dir: str) -> None:
+    """In a worker, at a job's normal end (an interrupted job's worker stays marked: it is one
+    the launcher has signalled)."""
+    (_marks(sweep_dir) / f"busy-{os.getpid()}").unlink(missing_ok=True)
+
+
+def stop_workers_first(parent_id: str, uri: str | None, sweep_dir: str) -> None:
+    """In a launcher whose jobs run in worker processes: a stop signal first stops the jobs
+    (`_stop_jobs`), then does what it did before (kdexp's `Terminated`, Ctrl-C's
+    KeyboardInterrupt), so that joblib's SIGKILL finds workers whose runs are marked KILLED and the
+    launcher's "the run is marked KILLED" is true. Main thread only, as signals are."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    (_marks(sweep_dir) / "stopping").unlink(missing_ok=True)  # a sweep folder used again
+
+    def on_stop(signum, frame):
+        from kdexp.tracking.runs import signals_held
+
+        with signals_held():  # an impatient second signal must not cut the wait short
+            _stop_jobs(signum, parent_id, uri, sweep_dir)
+        handler = restore_stop_signals().get(signum)
+        if callable(handler):
+            handler(signum, frame)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        else:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    restore_stop_signals()  # a sweep before this one in the same process (tests) left its own
+    for sig in _STOP_SIGNALS:
+        _installed[sig] = (signal.signal(sig, on_stop), on_stop)
+
+
+def restore_stop_signals() -> dict[int, object]:
+    """Put back the handlers `stop_workers_first` replaced, where its own is still set (not where
+    a handler was set since, e.g. the entry point ignoring a second signal); returns them."""
+    previous = {sig: before for sig, (before, _) in _installed.items()}
+    if threading.current_thread() is threading.main_thread():
+        for sig, (before, ours) in _installed.items():
+            if before is not None and signal.getsignal(sig) is ours:
+                signal.signal(sig, before)
+    _installed.clear()
+    return previous
+
+
+def _stop_jobs(signum: int, parent_id: str, uri: str | None, sweep_dir: str) -> None:
+    """Mark the sweep stopping, hand `signum` to the workers that run a job, and wait until none
+    of the sweep's runs is RUNNING; a job still RUNNING after `STOP_GRACE_S` (or whose worker is
+    gone) has its worker killed and its run marked KILLED here, with a note saying so."""
+    from kdexp.tracking.sweeps import close_runs
+
+    marks = _marks(sweep_dir)
+    marks.mkdir(parents=True, exist_ok=True)
+    (marks / "stopping").touch()
+    workers = {p.pid: p for p in multiprocessing.active_children() if (marks / f"busy-{p.pid}").exists()}
+    if not workers:  # no job in a worker (n_jobs=1 runs them here: the signal stops them itself)
+        return
+    if _STOP_SIGNALS[signum]:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while True:
+        running = _running_jobs(parent_id, uri)
+        alive = any(p.is_alive() for p in workers.values())
+        if running == [] or not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if running:
+        for worker in workers.values():  # loky's processes have no kill(): a signal, then wait
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+            worker.join(5)
+        why = f"{signal.Signals(signum).name} to the sweep's launcher; the job had not stopped within {STOP_GRACE_S:.0f} s"
+        close_runs(running, "KILLED", why)
+        print(f"kdexp: note: {len(running)} job(s) did not stop within {STOP_GRACE_S:.0f} s of "
+              f"{signal.Signals(signum).name}: their workers were killed and their runs marked KILLED", flush=True)
+
+
+def _running_jobs(parent_id: str, uri: str | None) -> list[str] | None:
+    """The sweep's runs still RUNNING; None when the store cannot say now (busy with the jobs'
+    own KILLED): the wait goes on."""
+    from kdexp import tracking
+
+    try:
+        parent = tracking.find_sweep(uri, "", parent_id)
+        return [job.run_id for job in tracking.sweep_children(uri, parent) if job.status == "RUNNING"]
+    except Exception:  # noqa: BLE001 - StoreError, a locked database: ask again
+        return None

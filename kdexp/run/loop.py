@@ -136,7 +136,9 @@ class Loop:
             history.metrics = {k: list(v) for k, v in resume["history"].items()}
             first_epoch = resume["epoch"] + 1
         size = self.source.size("train")
-        steps = math.ceil(size / self.source.cfg.batch_size)
+        # Read once: a config attribute costs ~10 µs, a small model's whole step a few hundred.
+        batch_size = int(self.source.cfg.batch_size)
+        steps = math.ceil(size / batch_size)
         # Under DDP every trained parameter's gradient is averaged over ranks (one process: as is).
         step_loss = distributed.step_fn(trained, phase.step_loss, params[0].device if params else None)
         for m in trained.values():
@@ -160,7 +162,7 @@ class Loop:
                         first_loss = float(loss.detach())
                     for p in params:  # = optimizer.zero_grad(set_to_none=True), minus its per-call overhead
                         p.grad = None
-                    weight = distributed.shard_weight(len(y), step, size, self.source.cfg.batch_size)
+                    weight = distributed.shard_weight(len(y), step, size, batch_size)
                     scaler.scale(loss if weight == 1.0 else loss * weight).backward()
                     scaler.step(optimizer)
                     scaler.update()

@@ -61,7 +61,7 @@ class ModelStore:
 
         with key_lock(self.lock_dir, key):
             found = tracking.find_stored(self.experiment, key, lost) if self.reuse else None
-            entry = Entry(self.experiment, key, payload, label)
+            entry = Entry(self.experiment, key, payload, label, reuse=self.reuse)
             if found is not None:
                 entry.run_id, entry.state, entry.history = found
             distributed.broadcast(found)  # rank 0's answer (and a hit's model) to the other ranks
@@ -84,10 +84,28 @@ class Entry:
     def found(self) -> bool:
         return self.state is not None
 
-    def save(self, state: dict, history: dict, tags: dict | None = None) -> None:
-        """Record a model made on a miss (`tags`: where an import came from)."""
-        from kdexp import tracking
+    reuse: bool = True  # store.reuse: false makes and stores the model whatever the store holds
+    stored_elsewhere: bool = False  # another machine stored the key while this one made it
 
+    def save(self, state: dict, history: dict, tags: dict | None = None) -> None:
+        """Record a model made on a miss (`tags`: where an import came from). The file lock
+        serialises one machine only: two machines missing the same key both make it, so the
+        store is looked at again first, and an entry another machine finished meanwhile is used
+        instead (its state and history here; `stored_elsewhere` tells the caller to load it):
+        one entry per key, and every run distilled from the same weights."""
+        from kdexp import tracking
+        from kdexp.run import distributed
+        from kdexp.run.console import console
+
+        # Under DDP the other ranks keep the weights they trained with rank 0: its own entry, as before.
+        look_again = self.reuse and not distributed.current().active
+        found = tracking.find_stored(self.experiment, self.key) if look_again else None
+        if found is not None:
+            self.run_id, self.state, self.history = found
+            self.stored_elsewhere = True
+            console.print(f"kdexp: {self.label}: stored by another process while this one made it "
+                          f"(run {self.run_id}); using that entry", markup=False, highlight=False)
+            return
         self.run_id = tracking.save_stored(self.experiment, self.key, self.payload, self.label, state, history, tags)
         self.state, self.history = state, history
 

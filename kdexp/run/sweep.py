@@ -55,25 +55,45 @@ class MlflowSweep(Callback):
         from kdexp.config.owners import refuse_ignored
         from kdexp.config.sections import ConfigError, flatten, validate
 
+        from kdexp.run import faults
+        from kdexp.run.teacher_import import PINNED_ENV, pin_sweep_teachers
+
         try:  # the base config of the sweep: a bad value stops here, before any job
             typed = validate(config)
-            refuse_ignored(job_configs(config, typed), config.hydra.overrides.task)
+            configs = job_configs(config, typed)
+            refuse_ignored(configs, config.hydra.overrides.task)
             # The store's experiment too: created here, its artifact location is the launcher's
             # (a relative ./mlruns would otherwise be taken in whichever job's folder came first,
             # e.g. a Ray worker's), and parallel jobs never race to create it.
             tracking.prepare(typed.tracking.uri, ModelStore(typed.store, typed.tracking).experiment)
+            pinned = pin_sweep_teachers(configs)  # every job must find its teacher as it is now
         except ConfigError as err:
             raise SweepRefused(str(err)) from None
-        overrides = list(config.hydra.overrides.task)
-        self.parent_id = tracking.start_sweep(typed.tracking.uri, typed.tracking.experiment,
-                                              sweep_dir_of(config.hydra), overrides,
-                                              sweep_axes(overrides), flatten(typed))
+        overrides, sweep_dir = list(config.hydra.overrides.task), sweep_dir_of(config.hydra)
+        self.parent_id = tracking.start_sweep(typed.tracking.uri, typed.tracking.experiment, sweep_dir, overrides,
+                                              sweep_axes(overrides), flatten(typed),
+                                              {PINNED_TAG: pinned} if pinned else None)
         MlflowSweep.open_parent = self.parent_id
         os.environ[tracking.SWEEP_ENV] = self.parent_id
+        _set_env(PINNED_ENV, pinned)
+        if _in_workers(config.hydra):
+            faults.stop_workers_first(self.parent_id, typed.tracking.uri, sweep_dir)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """In a worker process (joblib): refuse a job taken after the launcher was stopped, else
+        mark the worker busy (kdexp/run/faults.py)."""
+        if _in_workers(config.hydra):
+            from kdexp.run.faults import job_started
+
+            job_started(sweep_dir_of(config.hydra))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         """Keep the parent's results table current as jobs finish (in the job's process; a job
         that cannot see its parent's id, e.g. on a Ray worker, leaves it to the launcher)."""
+        if _in_workers(config.hydra):
+            from kdexp.run.faults import job_ended
+
+            job_ended(sweep_dir_of(config.hydra))
         parent = self.parent_id or os.environ.get(SWEEP_ENV_NAME)
         if parent:
             describe_parent(parent, (config.get("tracking") or {}).get("uri"))
@@ -82,6 +102,11 @@ class MlflowSweep(Callback):
         from kdexp import tracking
 
         if self.parent_id is not None:
+            from kdexp.run.faults import restore_stop_signals
+            from kdexp.run.teacher_import import PINNED_ENV
+
+            restore_stop_signals()
+            os.environ.pop(PINNED_ENV, None)
             status, best = tracking.end_sweep(self.parent_id)
             describe_parent(self.parent_id, config.tracking.get("uri"))
             print(f"kdexp: sweep parent run {self.parent_id} {status}")
@@ -136,6 +161,19 @@ def _is_number(text: str) -> bool:
 
 
 SWEEP_ENV_NAME = "KDEXP_PARENT_RUN_ID"  # = tracking.SWEEP_ENV, without importing MLflow here
+PINNED_TAG = "kdexp.pinned_teachers"  # on the parent: `teacher_import.pin_sweep_teachers`, for jobs the environment misses
+
+
+def _set_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+def _in_workers(hydra_cfg) -> bool:
+    """Whether the jobs run in the launcher's worker processes (Hydra's joblib launcher)."""
+    return "joblib" in str((hydra_cfg.get("launcher") or {}).get("_target_", ""))
 
 
 def sweep_axes(overrides: list[str]) -> list[str]:
@@ -214,8 +252,13 @@ def close_interrupted_sweep(status: str = "KILLED") -> str | None:
     parent = MlflowSweep.open_parent
     if parent is None:
         return None
+    from kdexp.run.faults import restore_stop_signals
+    from kdexp.run.teacher_import import PINNED_ENV
+
     MlflowSweep.open_parent = None
     os.environ.pop(tracking.SWEEP_ENV, None)
+    os.environ.pop(PINNED_ENV, None)
+    restore_stop_signals()
     try:
         tracking.end_sweep(parent, status=status)
     except Exception:  # noqa: BLE001 - the store itself may be the trouble; the interrupt is what to report
@@ -249,6 +292,10 @@ def parent_for_job(hydra_cfg, tracking_cfg) -> str | None:
         return found
     sweep_dir = sweep_dir_of(hydra_cfg)
     found = tracking.find_sweep_parent(experiment, sweep_dir, uri)
+    if found is not None:  # the launcher's environment did not reach this job: its pinned teachers neither
+        from kdexp.run.teacher_import import PINNED_ENV
+
+        _set_env(PINNED_ENV, tracking.find_sweep(uri, "", found).tags.get(PINNED_TAG))
     if found is None and _opens_parents(hydra_cfg):
         raise ConfigError(
             f"this sweep job found no parent run for sweep folder {sweep_dir} in experiment "

@@ -8,11 +8,18 @@ module layout of the CIFAR-100 KD benchmark code (`resnets.from_benchmark_layout
 published teachers load as they are. What identifies the weights (`source_of`: the file's sha256,
 or the URI and the model version it resolves to) keys the teacher's store entry, so a moved or
 renamed file is the same teacher. Every refusal is one line, raised before anything trains.
+
+A sweep's jobs use one teacher (issue 27, case 4): its launcher pins what each checkpoint is at
+launch (`pin_sweep_teachers`, passed to the jobs in `PINNED_ENV`), and a job that finds a file
+changed since (overwritten mid-sweep) or a model URI resolving to another version is refused in
+one line naming both, instead of ranking students of two teachers as one comparison.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 from pathlib import Path
 
@@ -41,7 +48,14 @@ def _existing_file(ref: str, key: str) -> Path:
 
 
 def source_of(ref: str, key: str) -> dict[str, str]:
-    """What identifies the imported weights, for the store key: the file's content or the model."""
+    """What identifies the imported weights, for the store key: the file's content or the model;
+    in a sweep's job, refused when it is not what the sweep's launcher pinned."""
+    found = _identify(ref, key)
+    _refuse_changed(ref, key, found)
+    return found
+
+
+def _identify(ref: str, key: str) -> dict[str, str]:
     if is_model_uri(ref):
         from kdexp import tracking
 
@@ -51,6 +65,42 @@ def source_of(ref: str, key: str) -> dict[str, str]:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return {"sha256": digest.hexdigest()}
+
+
+PINNED_ENV = "KDEXP_SWEEP_TEACHERS"  # JSON {checkpoint as written: its identity at the sweep's launch}
+
+
+def pin_sweep_teachers(configs) -> str | None:
+    """At a sweep's launch: the identity of every checkpoint its jobs' configs name, as the JSON
+    the jobs check theirs against (None when they name none). Hashing each file once here, not
+    first in whichever job reads it first, is what makes a file overwritten mid-sweep visible."""
+    pinned = {}
+    for cfg in configs:
+        for key, model_cfg in imported_models(cfg):
+            ref = str(model_cfg.checkpoint)
+            if ref not in pinned:
+                pinned[ref] = _identify(ref, key)
+    return json.dumps(pinned, sort_keys=True) if pinned else None
+
+
+def _refuse_changed(ref: str, key: str, found: dict[str, str]) -> None:
+    """One line when `ref` is no longer what the sweep's launcher pinned: the jobs already run
+    used the pinned weights, so this job would distil from another teacher."""
+    pinned = json.loads(os.environ.get(PINNED_ENV) or "{}").get(ref)
+    if pinned is None or pinned == found:
+        return
+    what = ref if is_model_uri(ref) else Path(ref).name
+    changes = ", ".join(f"{field} {_short(pinned.get(field))} at launch, {_short(found.get(field))} now"
+                        for field in sorted(set(pinned) | set(found)) if pinned.get(field) != found.get(field))
+    raise ConfigError(f"{key}={ref}: {what} changed during the sweep ({changes}); a sweep's jobs share one "
+                      f"teacher: restore the file, or start a new sweep (the same command) to run every job "
+                      f"with the new one")
+
+
+def _short(value: str | None) -> str:
+    if value is None:
+        return "none"
+    return f"{value[:12]}…" if len(value) > 16 else value
 
 
 def _is_state_dict(obj) -> bool:

@@ -10,13 +10,18 @@ import contextlib
 import functools
 import logging
 import os
-import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Callable, Iterator
 
 from kdexp.config.checks import ConfigError
 from kdexp.config.paths import unwritable
+from kdexp.tracking.store_file import (absent, check_store_file, check_writable_file, create_store, damage,
+                                       half_made, recreate_half_made)
+from kdexp.tracking.store_file import table_names as _tables  # noqa: F401  (tests read it here)
+from kdexp.tracking.outage import name_server
+from kdexp.tracking.secrets import redact, redact_uri
+from kdexp.tracking.relocate import follow_folder
 from kdexp.tracking.ui import KIND_TAG, TRAINING_KIND, TRAINING_VIEW, adapt_note, mark_training, ui_base
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -30,6 +35,10 @@ for _name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils", "
 # Loading a store entry would draw a progress bar per download between kdexp's own lines, which
 # already say what was loaded; set the variable to true to see them.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# On a server MLflow prints "View run … at: <tracking URI>/…" for every run it ends, the URI as
+# given: with `https://user:password@host` that is the password on the console (and in job logs).
+# kdexp prints its own links, without credentials (kdexp/tracking/secrets.py).
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the `kdexp` package
 
@@ -64,8 +73,8 @@ def sqlite_path(uri: str) -> Path | None:
 
 def check_local_store(uri: str) -> None:
     """Refuse, in one line, a local sqlite store that cannot work: its folder or the artifact
-    folder (./mlruns) unwritable, a database file that is not sqlite, or an sqlite database of
-    something else (MLflow would add its tables to it). Such a file is never touched."""
+    folder (./mlruns) unwritable, a database file that is read-only, damaged, not sqlite, or an
+    sqlite database of something else (kdexp/tracking/store_file.py). Such a file is never touched."""
     db = sqlite_path(uri)
     if db is None:
         return
@@ -73,52 +82,8 @@ def check_local_store(uri: str) -> None:
         reason = unwritable(folder.absolute())
         if reason:
             raise ConfigError(f"tracking.uri={uri}: cannot write there: {reason}")
-    if not db.is_file() or db.stat().st_size == 0:
-        return
-    with open(db, "rb") as handle:
-        if handle.read(16) != b"SQLite format 3\x00":
-            raise ConfigError(f"tracking.uri={uri}: {db.absolute()} is not an sqlite database (left untouched)")
-    tables = _tables(db)
-    if tables and not {"experiments", "alembic_version"} & set(tables):
-        raise ConfigError(f"tracking.uri={uri}: {db.absolute()} is an sqlite database but not an MLflow store "
-                          f"(tables: {', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}); left untouched: "
-                          f"point tracking.uri at another file")
-
-
-def _tables(db: Path) -> list[str]:
-    """Table names of an sqlite file, opened read-only (nothing is written, not even a journal).
-
-    A process killed in the middle of a transaction (kill -9 during a metric write) leaves a hot
-    journal beside the database, which sqlite rolls back on the next connection that may write;
-    a read-only one cannot, and fails with "attempt to write a readonly database". Then the probe
-    opens it read-write once, which rolls back the unfinished transaction (the database is left as
-    it was at its last commit, what any MLflow process would do next) and writes nothing else."""
-    try:
-        return _read_tables(db, "ro")
-    except sqlite3.OperationalError as err:
-        if "readonly" not in str(err) or not Path(f"{db}-journal").exists():
-            raise _unreadable(db, err) from None
-    try:
-        return _read_tables(db, "rw")
-    except sqlite3.DatabaseError as err:
-        raise _unreadable(db, err) from None
-
-
-def _read_tables(db: Path, mode: str) -> list[str]:
-    connection = sqlite3.connect(f"file:{db.absolute()}?mode={mode}", uri=True)
-    try:
-        return sorted(row[0] for row in connection.execute("select name from sqlite_master where type='table'"))
-    except sqlite3.OperationalError:
-        raise
-    except sqlite3.DatabaseError as err:
-        raise _unreadable(db, err) from None
-    finally:
-        connection.close()
-
-
-def _unreadable(db: Path, err: Exception) -> ConfigError:
-    return ConfigError(f"tracking.uri=sqlite:///{db}: {db.absolute()} cannot be read as sqlite ({err}); "
-                       f"left untouched")
+    check_writable_file(uri, db)  # first: a read-only file with a hot journal is read-only, not unreadable
+    check_store_file(uri, db)
 
 
 @contextlib.contextmanager
@@ -137,6 +102,12 @@ def creation_lock(uri: str) -> Iterator[None]:
 
 
 _READY: set[str] = set()  # stores this process has opened (created, migrated) already
+
+
+def store_opened() -> bool:
+    """Whether this process has opened a tracking store: before that, no run of it can exist (an
+    interrupt then must not say that a run was marked KILLED)."""
+    return bool(_READY)
 
 # New local stores a child process is creating for this one (kdexp/tracking/create.py), by path;
 # each child writes nothing until it reads GO_AHEAD.
@@ -170,6 +141,54 @@ def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
                           f"tracking.uri / MLFLOW_TRACKING_URI at a running one") from None
 
 
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+_WRITABLE: set[tuple[str, str]] = set()  # (uri, experiment id) this process may write to
+
+
+def _user(uri: str) -> str | None:
+    """Who the requests go out as: MLFLOW_TRACKING_USERNAME, else the user in the URI."""
+    import urllib.parse
+
+    return os.environ.get("MLFLOW_TRACKING_USERNAME") or urllib.parse.urlsplit(uri).username
+
+
+def access_problem(err: Exception, uri: str, experiment: str | None = None) -> str | None:
+    """One line for a server's "who are you" (401) or "not you" (403), naming what to set; None
+    for any other error. MLflow's basic-auth app answers UNAUTHENTICATED / PERMISSION_DENIED."""
+    code = getattr(err, "error_code", None)
+    shown, user = redact_uri(uri), _user(uri)
+    if code == "UNAUTHENTICATED":
+        if not user and not os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            return (f"tracking.uri={shown}: the server asks who you are (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
+                    f"MLFLOW_TRACKING_PASSWORD to a user the server's admin created")
+        return (f"tracking.uri={shown}: the server refused user {user!r} (HTTP 401: wrong password or no such user): "
+                f"check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    if code == "PERMISSION_DENIED":
+        where = f"experiment {experiment!r}" if experiment else "this experiment"
+        return (f"tracking.uri={shown}: user {user!r} may not write to {where} (HTTP 403: it has READ at most): "
+                f"an admin grants it EDIT (get_app_client('basic-auth', tracking_uri=...).grant_user_permission("
+                f"{user!r}, 'experiment', <id>, 'EDIT')), or set tracking.experiment to one of your own")
+    return None
+
+
+def check_writable(mlflow_client, uri: str, experiment: str, exp_id: str) -> None:
+    """On a server with permissions, refuse in one line, before any training, a user who may read
+    the experiment but not log to it: the probe sets the experiment's kind tag to the value it
+    already has (a write that needs EDIT, as logging a run does, and changes nothing)."""
+    uri = resolve_uri(uri)
+    if not uri.startswith(("http://", "https://")) or (uri, exp_id) in _WRITABLE:
+        return
+    try:
+        found = mlflow_client.get_experiment(exp_id)
+        mlflow_client.set_experiment_tag(exp_id, KIND_TAG, found.tags.get(KIND_TAG, TRAINING_KIND))
+    except Exception as err:
+        problem = access_problem(err, uri, experiment)
+        if problem:
+            raise ConfigError(problem) from None
+        raise
+    _WRITABLE.add((uri, exp_id))
+
+
 def open_tracking_store(uri: str) -> None:
     """Create and migrate the store behind `uri` once per process, under the creation lock."""
     db = sqlite_path(uri)
@@ -192,14 +211,14 @@ def open_tracking_store(uri: str) -> None:
         creator.wait()  # whatever its outcome, what follows opens the store, or creates it with the usual errors
     check_local_store(uri)
     with creation_lock(uri):
-        fresh = db is not None and (not db.is_file() or db.stat().st_size == 0)
-        try:
-            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-        except Exception:
-            if fresh:  # half-created (a full disk): gone, so that the next try starts clean
-                for leftover in (db, Path(f"{db}-journal"), Path(f"{db}-wal"), Path(f"{db}-shm")):
-                    leftover.unlink(missing_ok=True)
-            raise
+        fresh = db is not None and absent(db)
+        if fresh:
+            create_store(db)
+        elif db is not None and half_made(db):  # left by an earlier kdexp killed while creating it
+            recreate_half_made(db)
+        elif db is not None:  # a moved or copied project folder: artifacts follow it
+            follow_folder(db)
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     if fresh or creator is not None:  # run from another folder, kdexp would otherwise start a new store there silently
         print(f"kdexp: new MLflow store: {db.absolute()}", flush=True)
     _READY.add(where)
@@ -209,7 +228,7 @@ def tracking_store_location(uri: str | None) -> str:
     """The store as a user finds it again: a local database as its absolute path, else the URI."""
     uri = resolve_uri(uri)
     db = sqlite_path(uri)
-    return str(db.absolute()) if db is not None else uri
+    return str(db.absolute()) if db is not None else redact_uri(uri)
 
 
 def experiment_id(client, name: str) -> str:
@@ -234,18 +253,24 @@ def prepare(uri: str | None, experiment: str) -> tuple[str, str]:
     """Create the store and the experiment (idempotent, safe from parallel processes); make them
     MLflow's current ones; returns (uri, experiment_id)."""
     uri = resolve_uri(uri)
+    name_server(uri)
     try:
         open_tracking_store(uri)  # first: a child creating the store goes on while MLflow is imported
         import mlflow
 
         mlflow.set_tracking_uri(uri)
         exp_id = experiment_id(mlflow.MlflowClient(), experiment)
+        check_writable(mlflow.MlflowClient(), uri, experiment, exp_id)
         mlflow.set_experiment(experiment_id=exp_id)
     except ConfigError:
         raise
     except Exception as err:  # MlflowException, sqlalchemy errors, connection errors: all one line
+        if (problem := access_problem(err, uri, experiment)) is not None:
+            raise ConfigError(problem) from None
+        if (problem := damage(err, sqlite_path(uri))) is not None:
+            raise ConfigError(problem) from None
         cause = " ".join(str(err).split())[:300]
-        raise ConfigError(f"tracking.uri={uri}: cannot open experiment {experiment!r} ({type(err).__name__}: {cause})") from None
+        raise ConfigError(redact(f"tracking.uri={uri}: cannot open experiment {experiment!r} ({type(err).__name__}: {cause})")) from None
     return uri, exp_id
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import re
 
 from kdexp.config.checks import ConfigError
-from kdexp.tracking.connect import client, resolve_uri
+from kdexp.tracking.connect import client, search_all
 from kdexp.tracking.model_store import find_stored
+from kdexp.tracking.reader import StoreError, read_client
 
 STORE_KEY = re.compile(r"^[0-9a-f]{24}$")  # the model store's hex keys (kdexp/config/identity.py)
 
@@ -55,20 +56,22 @@ def load_model_state(uri: str, key: str) -> dict:
     return {name: value.detach().cpu() for name, value in model.state_dict().items()}
 
 
-def exported_state(ref: str, role: str, experiment: str, tracking_uri: str | None = None) -> tuple[dict, str]:
+def exported_state(ref: str, role: str, experiment: str | None = None,
+                   tracking_uri: str | None = None) -> tuple[dict, str]:
     """(state dict, what it is) of `ref`: a model store key, a store entry's run id, or a run of
     kdexp whose `role` (teacher, student, teacher0, ...) is exported: a stored teacher through the
-    run's `kdexp.<role>.lineage` tag, a student through the model the run logged."""
+    run's `kdexp.<role>.lineage` tag, a student through the model the run logged. A run id is
+    unique in its tracking store, so a run and its store entry are found by id in whatever
+    experiment they are; `experiment` only narrows where a store key is looked for."""
     import mlflow
 
-    mlflow.set_tracking_uri(resolve_uri(tracking_uri))  # the store's artifacts are read through it
-    mlflow_client = client()
-    store = f"{experiment}-store"
+    try:
+        mlflow_client, uri = read_client(tracking_uri)
+    except StoreError as err:
+        raise ConfigError(str(err)) from None
+    mlflow.set_tracking_uri(uri)  # the store's artifacts are read through it
     if STORE_KEY.match(ref):
-        found = find_stored(store, ref)
-        if found is None:
-            raise ConfigError(f"store key {ref}: no usable entry in experiment {store!r}")
-        return found[1], f"store entry {found[0]} (key {ref})"
+        return _stored(mlflow_client, ref, experiment)
     try:
         run = mlflow_client.get_run(ref)
     except Exception as err:  # noqa: BLE001
@@ -76,13 +79,41 @@ def exported_state(ref: str, role: str, experiment: str, tracking_uri: str | Non
                           f"({_one_line(err)})") from None
     tags = run.data.tags
     if "kdexp.store_key" in tags:
-        return exported_state(tags["kdexp.store_key"], role, experiment)
+        return _entry(mlflow_client, run)
     lineage = tags.get(f"kdexp.{role}.lineage")
     if lineage:
-        entry = mlflow_client.get_run(lineage).data.tags["kdexp.store_key"]
-        return exported_state(entry, role, experiment)
+        return _entry(mlflow_client, mlflow_client.get_run(lineage))
     if f"{role}_model_uri" in tags:
         return load_model_state(tags[f"{role}_model_uri"], role), f"model {tags[f'{role}_model_uri']}"
     roles = sorted({t.split(".")[1] for t in tags if t.endswith(".lineage")} |
                    {t.removesuffix("_model_uri") for t in tags if t.endswith("_model_uri")})
     raise ConfigError(f"--role={role}: run {ref} has no stored or logged {role}; allowed: {', '.join(roles) or 'none'}")
+
+
+def _entry(mlflow_client, run) -> tuple[dict, str]:
+    """A store entry's model, looked up in the experiment the entry run is in."""
+    store = mlflow_client.get_experiment(run.info.experiment_id).name
+    return _found(find_stored(store, run.data.tags["kdexp.store_key"]), run.data.tags["kdexp.store_key"], [store])
+
+
+def _stored(mlflow_client, key: str, experiment: str | None) -> tuple[dict, str]:
+    """The entry of a store key: in `<experiment>-store`, else in every experiment that holds
+    an entry of that key."""
+    if experiment is not None:
+        stores = [f"{experiment}-store"]
+    else:
+        ids = [e.experiment_id for e in mlflow_client.search_experiments()]
+        runs = search_all(mlflow_client, ids, f"tags.`kdexp.store_key` = '{key}'") if ids else []
+        stores = sorted({mlflow_client.get_experiment(r.info.experiment_id).name for r in runs})
+    for store in stores:
+        found = find_stored(store, key)
+        if found is not None:
+            return _found(found, key, stores)
+    return _found(None, key, stores)
+
+
+def _found(found, key: str, stores: list[str]) -> tuple[dict, str]:
+    if found is None:
+        where = f"experiment {', '.join(repr(s) for s in stores)}" if stores else "this tracking store"
+        raise ConfigError(f"store key {key}: no usable entry in {where}")
+    return found[1], f"store entry {found[0]} (key {key})"

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdexp.tracking.connect import resolve_uri, search_all
+from kdexp.config.checks import ConfigError
+from kdexp.tracking.connect import resolve_uri, search_all, sqlite_path
+from kdexp.tracking.relocate import follow_folder
+from kdexp.tracking.store_file import check_store_file
 
 REUSED_PREFIX = "kdexp.reused."  # parent tag per job skipped because its config had FINISHED
 
@@ -59,6 +62,13 @@ def read_client(uri: str | None):
     if missing:
         raise StoreError(f"no MLflow store at {Path(missing).resolve()} (tracking URI {uri}); "
                          "run from the folder of your sweeps or pass --tracking-uri")
+    db = sqlite_path(uri)
+    if db is not None:
+        try:  # damaged, not sqlite, not MLflow's: the one line kdexp gives too (kdexp/tracking/store_file.py)
+            check_store_file(uri, db)
+        except ConfigError as err:
+            raise StoreError(str(err)) from None
+        follow_folder(db)  # a moved or copied project folder: its artifacts are read where they are now
     return MlflowClient(tracking_uri=uri), uri
 
 

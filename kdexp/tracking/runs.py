@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from kdexp.tracking.connect import prepare, tracking_store_location
+from kdexp.tracking.outage import outage_in_one_line, server_gone
 from kdexp.tracking.job_names import job_name_of
 from kdexp.tracking.reader import record
+from kdexp.tracking.secrets import redact, redact_values, redacted_folder
 from kdexp.tracking.ui import TRAINING_VIEW, adapt_note, rounded, run_view, ui_base
 
 PARAM_LIMIT = 6000  # MLflow's limit on a param value
+RUN_NAME_LIMIT = 250  # MLflow's runs.name column: PostgreSQL and MySQL refuse longer names (sqlite does not check)
 CHANGED_PREFIX = "kdexp.resumed_with."  # tag of a setting changed since the run started
 
 
@@ -63,12 +66,13 @@ def signals_deferred():
 
 
 def _whole(write):
-    """The method's store write, with signals deferred until it is done (`signals_deferred`)."""
+    """The method's store write, with signals deferred until it is done (`signals_deferred`), and
+    a server that never came back raised as one line (`connect.outage_in_one_line`)."""
     @functools.wraps(write)
     def deferred(*args, **kwargs):
         with signals_deferred():
             return write(*args, **kwargs)
-    return deferred
+    return outage_in_one_line(deferred)
 
 
 class Run:
@@ -82,6 +86,8 @@ class Run:
         self.mlflow = mlflow
         self.uri, self.experiment_id = prepare(tracking_cfg.uri, tracking_cfg.experiment)
         self.resumed = resume_run_id is not None
+        tags = redact_values(tags)  # the overrides as typed may hold a password (kdexp/tracking/secrets.py)
+        run_name = redact(run_name)[:RUN_NAME_LIMIT] if run_name else run_name
         if resume_run_id:
             self.run = mlflow.start_run(run_id=resume_run_id)
             if parent_run_id and self.run.data.tags.get("mlflow.parentRunId") != parent_run_id:
@@ -92,7 +98,8 @@ class Run:
         else:
             if parent_run_id and not tracking_cfg.run_name:  # a sweep's job: named by what varies
                 run_name = job_name_of(mlflow.MlflowClient(), parent_run_id, tags.get("overrides", "")) or run_name
-            self.run = mlflow.start_run(run_name=tracking_cfg.run_name or run_name, tags=tags,
+            name = tracking_cfg.run_name or run_name
+            self.run = mlflow.start_run(run_name=redact(name)[:RUN_NAME_LIMIT] if name else None, tags=tags,
                                         parent_run_id=parent_run_id)
         self.run_id = self.run.info.run_id
         self.parent_run_id = parent_run_id
@@ -105,7 +112,7 @@ class Run:
     def params(self, params: dict[str, Any]) -> list[str]:
         """Log params; on a resumed run only those it lacks, and changed ones as tags (their
         names are returned)."""
-        values = {k: str(v)[:PARAM_LIMIT] for k, v in params.items()}
+        values = {k: v[:PARAM_LIMIT] for k, v in redact_values(params).items()}
         changed: dict[str, str] = {}
         if self.resumed:
             logged = self.mlflow.MlflowClient().get_run(self.run_id).data.params
@@ -124,11 +131,11 @@ class Run:
 
     @_whole
     def tags(self, tags: dict[str, str]) -> None:
-        self.mlflow.set_tags(tags)
+        self.mlflow.set_tags(redact_values(tags))
 
     @_whole
     def text(self, text: str, path: str) -> None:
-        self.mlflow.log_text(text, path)
+        self.mlflow.log_text(redact(text), path)
 
     @_whole
     def figure(self, figure, path: str) -> None:
@@ -137,7 +144,8 @@ class Run:
     @_whole
     def folder(self, folder: str | Path, artifact_path: str) -> None:
         if Path(folder).is_dir():
-            self.mlflow.log_artifacts(str(folder), artifact_path)
+            with redacted_folder(folder) as copy:  # Hydra's files hold the overrides as typed
+                self.mlflow.log_artifacts(str(copy), artifact_path)
 
     @_whole
     def model(self, model, name: str, example) -> str:
@@ -170,9 +178,10 @@ class Run:
         it is done: interrupted half-way, the run would be left active, and MLflow's exit handler
         would end it FINISHED — a resumable run presented as complete."""
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        server_gone(err)  # a server given up on: the writes below are tried once each, not retried for minutes
         with signals_held():
-            for record in (lambda: self.mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000]),
-                           lambda: self.mlflow.log_text("".join(traceback.format_exception(err)), "error.txt")):
+            for record in (lambda: self.mlflow.set_tag("error", redact(f"{type(err).__name__}: {err}")[:5000]),
+                           lambda: self.mlflow.log_text(redact("".join(traceback.format_exception(err))), "error.txt")):
                 try:
                     record()
                 except Exception:  # noqa: BLE001 - best effort: the status below matters more

@@ -13,7 +13,8 @@ from kdexp.tracking.connect import client, git_commit, open_tracking_store, prep
 from kdexp.config.owners import override_key
 from kdexp.tracking.job_names import COMMON_KEYS_TAG, job_name, sweep_name
 from kdexp.tracking.reader import REUSED_PREFIX, RunRecord, jobs_of, record
-from kdexp.tracking.runs import PARAM_LIMIT
+from kdexp.tracking.runs import PARAM_LIMIT, RUN_NAME_LIMIT
+from kdexp.tracking.secrets import redact, redact_values
 from kdexp.tracking.ui import KEY_METRICS, rounded, sweep_view
 
 SWEEP_ENV = "KDEXP_PARENT_RUN_ID"
@@ -21,22 +22,23 @@ AXES_TAG = "kdexp.sweep_axes"  # JSON list: the sweep overrides (`loss.temperatu
 
 
 def start_sweep(uri: str | None, experiment: str, sweep_dir: str, overrides: list[str],
-                axes: list[str] | None = None, common: dict[str, str] | None = None) -> str:
+                axes: list[str] | None = None, common: dict[str, str] | None = None,
+                tags: dict[str, str] | None = None) -> str:
     """A new parent run for this launch, named by its `axes` (the sweep overrides), with the
     sweep's `common` config (flattened, the axes' keys left out) and its axes as params; returns
-    its id. Parents still RUNNING whose launcher on this machine is gone (killed with -9: nothing
-    could close them) are closed as KILLED."""
+    its id, and any other `tags` (the teachers pinned at launch). Parents still RUNNING whose
+    launcher on this machine is gone (killed with -9: nothing could close them) are closed as KILLED."""
     _, exp_id = prepare(uri, experiment)
     mlflow_client = client()
     _close_orphans(mlflow_client, exp_id)
     axes = list(axes or [])
     axis_keys = [override_key(a) for a in axes]
     common_keys = [override_key(o) for o in overrides if override_key(o) not in axis_keys]
-    run = mlflow_client.create_run(exp_id, run_name=sweep_name(axes, Path(sweep_dir).name), tags={
+    run = mlflow_client.create_run(exp_id, run_name=redact(sweep_name(axes, Path(sweep_dir).name))[:RUN_NAME_LIMIT], tags=redact_values({
         "kdexp.role": "sweep", "kdexp.sweep_dir": sweep_dir, LAUNCHER_TAG: _launcher(),
         "kdexp.sweep_overrides": " ".join(overrides), **({"git_commit": c} if (c := git_commit()) else {}),
-        AXES_TAG: json.dumps(axes), COMMON_KEYS_TAG: json.dumps(common_keys),
-    })
+        AXES_TAG: json.dumps(axes), COMMON_KEYS_TAG: json.dumps(common_keys), **(tags or {}),
+    }))
     params = {k: v for k, v in (common or {}).items()
               if not any(k == a or k.startswith(f"{a}.") for a in axis_keys)}
     params.update({key: axis.split("=", 1)[1] for key, axis in zip(axis_keys, axes)})
@@ -47,7 +49,7 @@ def start_sweep(uri: str | None, experiment: str, sweep_dir: str, overrides: lis
 def _log_params(mlflow_client, run_id: str, params: dict[str, str]) -> None:
     from mlflow.entities import Param
 
-    items = [Param(k, str(v)[:PARAM_LIMIT]) for k, v in params.items()]
+    items = [Param(k, v[:PARAM_LIMIT]) for k, v in redact_values(params).items()]
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         mlflow_client.log_batch(run_id, params=items[start:start + 100])
 
@@ -79,11 +81,20 @@ def _close_orphans(mlflow_client, exp_id: str) -> None:
             mlflow_client.set_terminated(parent.info.run_id, "KILLED")
 
 
+def close_runs(run_ids: list[str], status: str, why: str) -> None:
+    """End runs whose own process can no longer (a sweep's job whose worker was killed), the
+    reason kept in the tag `kdexp.closed_by`."""
+    mlflow_client = client()
+    for run_id in run_ids:
+        mlflow_client.set_tag(run_id, "kdexp.closed_by", why[:5000])
+        mlflow_client.set_terminated(run_id, status)
+
+
 def note_reused(parent_id: str, overrides: list[str], run_id: str) -> None:
     """A sweep job skipped because its config already FINISHED: point the parent at that run
     (one tag per job, so parallel jobs never overwrite each other)."""
     digest = hashlib.sha1(" ".join(overrides).encode()).hexdigest()[:10]
-    client().set_tag(parent_id, f"{REUSED_PREFIX}{digest}", f"{run_id} {' '.join(overrides)}"[:5000])
+    client().set_tag(parent_id, f"{REUSED_PREFIX}{digest}", redact(f"{run_id} {' '.join(overrides)}")[:5000])
 
 
 def find_sweep_parent(experiment: str, sweep_dir: str, uri: str | None = None) -> str | None:

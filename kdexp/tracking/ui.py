@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import re
 
+from kdexp.tracking.secrets import redact_uri
+
 KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"  # the UI's "Model training" experiments
 SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
@@ -37,7 +39,7 @@ def mark_training(client, experiment_id: str, tags: dict[str, str] | None = None
 
 def ui_base(uri: str) -> str:
     """The UI of a tracking server is the server; a local store's is `mlflow ui` in its folder."""
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return redact_uri(uri).rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
 
 
 def adapt_note(uri: str) -> str:

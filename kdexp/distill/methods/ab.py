@@ -13,8 +13,9 @@ alone for `init_epochs`; then the student is trained by the family's loss, plus 
 the recipe: RepDistiller's distillation stage adds no AB term, `loss_kd = 0`).
 
 Recipe of the published numbers (RepDistiller `--distill abound -a 0 -b 1`, distiller_zoo/AB.py):
-the three stages' pre-ReLU outputs on both sides (`feat[1:-1]` with `preact=True`: kdexp's
-`stages.k.<last block>.relu:input`), μ = 1, connectors the identity where channels and size agree,
+every stage's pre-ReLU output on both sides (`zip(feat_s[1:-1], feat_t[1:-1])` with `preact=True`:
+kdexp's `stages.k.<last block>.relu:input`; four stages on VGG, MobileNetV2, ResNet-50), the first
+pairs where the counts differ (`zip`), μ = 1, connectors the identity where channels and size agree,
 else a conv (stride 2 for a halved map, a transposed conv for a doubled one) + batch norm, 30 init
 epochs, CE weight 1 in the second stage (kd=hinton loss.alpha=1).
 """
@@ -31,7 +32,7 @@ from kdexp.config.checks import ConfigError, require
 from kdexp.config.registry import HINT_METHODS
 from kdexp.distill.features import stage_preact_names
 from kdexp.distill.methods.base import MethodStage
-from kdexp.distill.methods.hint_layers import LayerPairMethod
+from kdexp.distill.methods.hint_layers import LayerPairMethod, paired
 from kdexp.distill.methods.maps import require_pair_maps
 
 
@@ -77,6 +78,7 @@ class ActivationBoundaries(LayerPairMethod):
     name = "ab"
     schema = ABConfig
     single = False
+    revision = 2  # every stage, the first pairs (`zip`); 1 took the last three at most
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -87,9 +89,7 @@ class ActivationBoundaries(LayerPairMethod):
 
     def resolve(self, student, teacher) -> None:
         if not (self.student_names or self.teacher_names):
-            count = min(len(stage_preact_names(student)), len(stage_preact_names(teacher)), 3)
-            self.student_names = stage_preact_names(student)[-count:]
-            self.teacher_names = stage_preact_names(teacher)[-count:]
+            self.student_names, self.teacher_names = paired(stage_preact_names(student), stage_preact_names(teacher))
         super().resolve(student, teacher)
 
     def setup(self, student, teacher) -> None:

@@ -11,10 +11,11 @@ Maps of different sizes are average-pooled to the smaller one. Needs feature map
 (a CNN or ResNet student and teacher).
 
 Recipe of the published numbers: RepDistiller (helper/loops.py, `distill == 'attention'`) sums
-`at_loss` over `feat_s[1:-1]`, the outputs of the three residual stages (mdistiller's AT:
-`feats[1:]`, the same three), p = 2, and adds `-b 1000` × the sum (no halving): weight β = 1000 on
-the sum, as here. Unset `hint.student` / `hint.teacher` are those stages (`stages.0..2`; a model
-with fewer stages uses the ones it has).
+`at_loss` over `zip(feat_s[1:-1], feat_t[1:-1])`, the outputs of every stage after the stem (the
+three residual stages of a CIFAR ResNet/WRN/ShuffleNet, the four of VGG, MobileNetV2 and ResNet-50;
+mdistiller's AT: `feats[1:]`, the same), p = 2, and adds `-b 1000` × the sum (no halving): weight
+β = 1000 on the sum, as here. Unset `hint.student` / `hint.teacher` are those stages, as many pairs
+as the shallower model has, the first ones (`zip`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from kdexp.config.registry import HINT_METHODS
 from kdexp.config.checks import require
 from kdexp.distill.methods.hint_layers import LayerPairMethod
-from kdexp.distill.methods.maps import require_pair_maps
+from kdexp.distill.methods.maps import EVERY_STAGE, require_pair_maps
 
 # Models whose every layer output is a vector: AT cannot apply to them.
 _VECTOR_MODELS = ("mlp",)
@@ -51,7 +52,7 @@ def at_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
 class ATConfig:
     name: str = "at"
     weight: float = 1000.0
-    # One module path or a list, paired in order; null = the recipe's stages 0, 1, 2.
+    # One module path or a list, paired in order; null = every stage (paired from the first).
     student: Any = None
     teacher: Any = None
 
@@ -61,8 +62,10 @@ class AttentionTransfer(LayerPairMethod):
     name = "at"
     schema = ATConfig
     single = False
-    default_stages = (0, 1, 2)
-    revision = 2  # the recipe's sum over stages 0-2 (revision 1: the last stage alone)
+    default_stages = EVERY_STAGE
+    # 2: the recipe's sum over stages 0-2 (1: the last stage alone); 3: every stage (four on VGG,
+    # MobileNetV2, ResNet-50), and unequal stage counts paired from the first stage, as the reference.
+    revision = 3
 
     @classmethod
     def check(cls, cfg) -> None:

@@ -28,9 +28,17 @@ from the other classes without replacement (`mode=exact`; with replacement where
              optim.weight_decay ×½ make every update the reference's (lr 0.1, weight decay 2.5e-4).
 
 The banks, the normalisers Z and the heads are the method's state (buffers and parameters): the
-phase checkpoints and resumes them. Negatives are drawn from the global generator, which the loop
-reseeds every epoch from the phase's seed: the same seed gives the same negatives, resumed or not.
+phase checkpoints and resumes them. Negatives are drawn from a generator of their own, seeded per
+step from the epoch, the step and a seed the method draws at setup (a buffer): the same seed gives
+the same negatives, resumed or not, on any number of processes, whatever else (dropout) draws.
 Scores are computed in float32 (exp(1/τ) overflows float16).
+
+Under DDP (docs/distributed.md) each process holds its rows of the global batch (`Shard`: rows
+r, r + N, ...). The labels and indices of the whole global batch are gathered, the negatives drawn
+for all of it (the draw one process makes) and each process keeps its rows; Z is the mean over all
+processes' scores; the banks are updated with every process's embeddings, gathered in the global
+batch's order. So every process holds the same banks, those of one process on the same global
+batches (up to float summation order), and each one's loss is its rows' share of the one-process loss.
 """
 
 from __future__ import annotations
@@ -40,11 +48,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from kdexp.config.checks import ConfigError, require
 from kdexp.config.registry import HINT_METHODS
+from kdexp.data.source import Shard
 from kdexp.distill.features import classifier_input
 from kdexp.distill.methods.hint_layers import LayerPairMethod
 
@@ -73,14 +83,49 @@ def nce_loss(scores: torch.Tensor, size: int) -> torch.Tensor:
     return -(positive.sum() + negative.sum()) / scores.shape[0]
 
 
-def other_class_samples(labels: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+def other_class_samples(labels: torch.Tensor, y: torch.Tensor, k: int, fewest: int | None = None,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, k) training indices, for each label in `y` drawn uniformly from the samples of the other
-    classes: without replacement when every row has k of them (RepDistiller's `np.random.choice`)."""
+    classes: without replacement when every row has k of them (RepDistiller's `np.random.choice`).
+    `fewest`: the fewest other-class samples any row can have (`fewest_others(labels)`); counted
+    from this batch when not given, which makes the host wait for the device."""
     allowed = (labels.unsqueeze(0) != y.unsqueeze(1)).float()
-    fewest = int(allowed.sum(1).min())
+    fewest = int(allowed.sum(1).min()) if fewest is None else fewest
     if fewest == 0:
         raise ValueError("hint=crd: a batch's class is the training set's only class; no negatives to draw")
-    return torch.multinomial(allowed, k, replacement=k > fewest)
+    return torch.multinomial(allowed, k, replacement=k > fewest, generator=generator)
+
+
+def fewest_others(labels: torch.Tensor) -> int:
+    """The fewest samples of the other classes a sample of the training split has: read once, so
+    that drawing negatives needs no host-device sync per step."""
+    return len(labels) - int(torch.bincount(labels[labels >= 0]).max())
+
+
+def shard() -> Shard:
+    """This process's rows of every global batch: `Shard(rank, processes)` of the job's process
+    group (torchrun, SLURM: kdexp/run/distributed.py joins it), `Shard()` without one."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return Shard(dist.get_rank(), dist.get_world_size())
+    return Shard()
+
+
+def global_rows(rows: torch.Tensor, part: Shard) -> torch.Tensor:
+    """Every process's `rows` (its `part.take` of a global batch) put back into the global batch's
+    order: the inverse of `Shard.take` over all processes (the last batch may split unevenly)."""
+    if part.world == 1:
+        return rows
+    counts = [torch.zeros((), dtype=torch.long, device=rows.device) for _ in range(part.world)]
+    dist.all_gather(counts, torch.tensor(len(rows), device=rows.device))
+    counts = [int(c) for c in counts]
+    padded = rows.new_zeros((max(counts), *rows.shape[1:]))
+    padded[:len(rows)] = rows
+    gathered = [torch.empty_like(padded) for _ in range(part.world)]
+    dist.all_gather(gathered, padded)
+    out = rows.new_empty((sum(counts), *rows.shape[1:]))
+    for rank, (got, count) in enumerate(zip(gathered, counts)):
+        out[rank::part.world] = got[:count]
+    return out
 
 
 @HINT_METHODS.register
@@ -88,6 +133,9 @@ class CRD(LayerPairMethod):
     name = "crd"
     schema = CRDConfig
     temperatures = ("temperature",)
+    # 2: negatives from a generator of their own seeded per step (1: the global generator), drawn
+    # for the global batch under DDP.
+    revision = 2
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -114,6 +162,11 @@ class CRD(LayerPairMethod):
         self.register_buffer("memory_s", torch.rand(n, d) * 2 * bound - bound)
         self.register_buffer("memory_t", torch.rand(n, d) * 2 * bound - bound)
         self.register_buffer("normalisers", torch.full((2,), -1.0))  # Z_s, Z_t; set on the first step
+        # The seed of the negatives' draws (with the epoch and step), drawn last: the heads' and
+        # banks' initialisation stay what they were.
+        self.register_buffer("draw_seed", torch.randint(0, 2**31, ()))
+        self._seed: int | None = None
+        self._generator: torch.Generator | None = None
         self._labels: torch.Tensor | None = None
 
     def embed(self, student, teacher) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,19 +175,40 @@ class CRD(LayerPairMethod):
         return (F.normalize(self.embed_s(f_s.flatten(1).float())),
                 F.normalize(self.embed_t(f_t.flatten(1).float())))
 
-    def contrast_indices(self, idx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(B, 1 + K): each sample's own index, then K negatives from the other classes."""
-        if self._labels is None:
-            self._labels = self.train_set.labels().to(idx.device)
-        negatives = other_class_samples(self._labels, y.to(idx.device), int(self.cfg.negatives))
-        return torch.cat([idx.unsqueeze(1), negatives], dim=1)
+    def step_generator(self, clock, device: torch.device) -> torch.Generator:
+        """The negatives' generator, seeded from the setup's seed, the epoch and the step."""
+        if self._seed is None:  # read once (a resumed run loads the same value)
+            self._seed = int(self.draw_seed)
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+        return self._generator.manual_seed((self._seed * 1_000_003 ** 2 + clock.epoch * 1_000_003 + clock.step) % 2**63)
 
-    def scores(self, anchor: torch.Tensor, memory: torch.Tensor, contrast: torch.Tensor, side: int) -> torch.Tensor:
-        """exp(<anchor, memory[contrast]> / τ) / Z, Z set from the first batch."""
+    def contrast_indices(self, idx: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+                         part: Shard = Shard()) -> torch.Tensor:
+        """(B, 1 + K): each sample's own index, then K negatives from the other classes; `y` holds
+        the labels of the whole global batch, of which `idx` is this process's `part`."""
+        if self._labels is None:
+            self._labels = self.train_set.labels().to(idx.device).clone()
+            if part.world > 1:  # each process read its shard's labels (-1 elsewhere): take every one's
+                dist.all_reduce(self._labels, op=dist.ReduceOp.MAX)
+            self._fewest, self._negatives = fewest_others(self._labels), int(self.cfg.negatives)
+        negatives = other_class_samples(self._labels, y.to(idx.device), self._negatives, self._fewest, generator)
+        return torch.cat([idx.unsqueeze(1), part.take(negatives)], dim=1)
+
+    def scores(self, anchor: torch.Tensor, memory: torch.Tensor, contrast: torch.Tensor, side: int,
+               part: Shard = Shard()) -> torch.Tensor:
+        """exp(<anchor, memory[contrast]> / τ) / Z, Z set from the first global batch (the mean over
+        every process's scores)."""
         rows = memory.index_select(0, contrast.flatten()).view(*contrast.shape, -1)
         out = torch.exp(torch.bmm(rows, anchor.unsqueeze(2)).squeeze(2) / self.cfg.temperature)
-        if self.normalisers[side] < 0:
-            self.normalisers[side] = out.detach().mean() * memory.shape[0]
+        # Z is set from the first batch, on the device (an `if` on it would make the host wait each step).
+        z = self.normalisers[side]
+        mean = out.detach().mean()
+        if part.world > 1:
+            total = torch.stack([out.detach().sum(), torch.tensor(float(out.numel()), device=out.device)])
+            dist.all_reduce(total)
+            mean = total[0] / total[1]
+        self.normalisers[side] = torch.where(z < 0, mean * memory.shape[0], z)
         return out / self.normalisers[side].clone()  # a copy: setting the other side's Z writes the buffer
 
     @torch.no_grad()
@@ -144,12 +218,17 @@ class CRD(LayerPairMethod):
 
     def forward(self, batch, clock, student, teacher):
         _, y, idx = batch
+        part = shard()
         with torch.autocast(idx.device.type, enabled=False):
             v_s, v_t = self.embed(student, teacher)
-            contrast = self.contrast_indices(idx, y)
-            h_s = self.scores(v_s, self.memory_t, contrast, 0)
-            h_t = self.scores(v_t, self.memory_s, contrast, 1)
+            # The whole global batch's labels and indices (one process: its own).
+            y_all, idx_all = global_rows(torch.stack([y.to(idx.device), idx], 1), part).unbind(1)
+            contrast = self.contrast_indices(idx, y_all, self.step_generator(clock, idx.device), part)
+            h_s = self.scores(v_s, self.memory_t, contrast, 0, part)
+            h_t = self.scores(v_t, self.memory_s, contrast, 1, part)
             hint = nce_loss(h_s, self.train_set.size) + nce_loss(h_t, self.train_set.size)
-            self.update(self.memory_s, idx, v_s)
-            self.update(self.memory_t, idx, v_t)
+            # The banks move toward every process's embeddings: the same banks on every process.
+            v_all = global_rows(torch.cat([v_s, v_t], 1).detach(), part)
+            self.update(self.memory_s, idx_all, v_all[:, :v_s.shape[1]])
+            self.update(self.memory_t, idx_all, v_all[:, v_s.shape[1]:])
         return {"hint": hint}

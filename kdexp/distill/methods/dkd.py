@@ -36,17 +36,22 @@ def dkd_parts(z_s: torch.Tensor, z_t: torch.Tensor, labels: torch.Tensor,
               temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(T² · TCKD, T² · NCKD), each a batch mean."""
     b, c = z_s.shape
-    target = F.one_hot(labels, c).bool()
+    # Gathers, not boolean masks: a mask's rows are counted on the host (a device sync every step);
+    # a scatter, not one_hot, which reads the labels' range on the host.
+    label = labels.view(b, 1)
+    target = torch.zeros_like(z_s, dtype=torch.bool).scatter_(1, label, True)
+    rest = torch.arange(c - 1, device=labels.device).unsqueeze(0)
+    rest = rest + (rest >= label).long()  # each row's non-target classes, in order
     log_s, log_t = F.log_softmax(z_s / temperature, 1), F.log_softmax(z_t / temperature, 1)
     # log p_y and log(1 − p_y), stably: the log-sum-exp of the non-target log-probabilities.
     def binary(log_p: torch.Tensor) -> torch.Tensor:
-        log_target = log_p[target].view(b, 1)
+        log_target = log_p.gather(1, label)
         log_rest = torch.logsumexp(log_p.masked_fill(target, float("-inf")), dim=1, keepdim=True)
         return torch.cat([log_target, log_rest], dim=1)
     bin_s, bin_t = binary(log_s), binary(log_t)
     tckd = F.kl_div(bin_s, bin_t, reduction="batchmean", log_target=True)
-    others_s = (z_s / temperature)[~target].view(b, c - 1)
-    others_t = (z_t / temperature)[~target].view(b, c - 1)
+    others_s = (z_s / temperature).gather(1, rest)
+    others_t = (z_t / temperature).gather(1, rest)
     nckd = F.kl_div(F.log_softmax(others_s, 1), F.log_softmax(others_t, 1), reduction="batchmean",
                     log_target=True)
     return tckd * temperature**2, nckd * temperature**2

@@ -12,7 +12,8 @@ FSP is an initialisation: its own stage, `fsp_init`, trains the student on `fsp`
 recipe: RepDistiller's distillation stage adds no FSP term, `loss_kd = 0`).
 
 Recipe of the published numbers (RepDistiller `--distill fsp -a 0`): layers `feat[:-1]` = the stem's
-output and the three stages' (kdexp: `stem`, `stages.0..2`), 30 init epochs, CE weight 1 in the
+output and every stage's (kdexp: `stem`, `stages.0..2` on a CIFAR ResNet; the first ones where the
+counts differ: `zip`), 30 init epochs, CE weight 1 in the
 second stage (kd=hinton loss.alpha=1). The student and teacher need equal channels at each layer
 (RepDistiller raises otherwise; here a one-line error before training).
 """
@@ -30,7 +31,7 @@ from kdexp.config.checks import ConfigError, require
 from kdexp.config.registry import HINT_METHODS
 from kdexp.distill.features import stage_names
 from kdexp.distill.methods.base import MethodStage
-from kdexp.distill.methods.hint_layers import LayerPairMethod
+from kdexp.distill.methods.hint_layers import LayerPairMethod, paired
 
 
 @dataclass
@@ -68,6 +69,7 @@ class FSP(LayerPairMethod):
     name = "fsp"
     schema = FSPConfig
     single = False
+    revision = 2  # unequal layer counts paired from the first (RepDistiller's `zip`); 1 kept the last
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -77,8 +79,7 @@ class FSP(LayerPairMethod):
 
     def resolve(self, student, teacher) -> None:
         if not (self.student_names or self.teacher_names):
-            count = min(len(_layers(student)), len(_layers(teacher)))
-            self.student_names, self.teacher_names = _layers(student)[-count:], _layers(teacher)[-count:]
+            self.student_names, self.teacher_names = paired(_layers(student), _layers(teacher))
         super().resolve(student, teacher)
 
     def setup(self, student, teacher) -> None:

@@ -2,9 +2,14 @@
 resolution of layers left unset to the method's default stages (`features.stage_names`).
 
 `hint.student` / `hint.teacher` name one layer or a list of layers (module paths; `:input` for a
-module's input), paired in order: AT sums over three stage pairs, VID and KDSVD take several. Left
+module's input), paired in order: AT sums over every stage pair, VID and KDSVD take several. Left
 unset (null), they are the stages the method's recipe uses (`default_stages`: indices into the
 model's stages, negative from the end).
+
+Where the two models have different numbers of stages, the references pair them as Python's `zip`
+does: RepDistiller (AT, NST, KDSVD, VID, AB, FSP: `zip(feat_s[1:-1], feat_t[1:-1])`) and mdistiller's
+AT, NST, KDSVD, VID keep the first pairs; mdistiller's OFD (`_align_list`: `l[-min_len:]`) and
+ReviewKD (its fusion modules built from the deepest level) keep the last. `paired` does either.
 """
 
 from __future__ import annotations
@@ -31,6 +36,15 @@ def pick_stages(names: list[str], indices: tuple[int, ...]) -> list[str]:
     the indices that exist), in order, without repeats."""
     picked = [names[i] for i in indices if -len(names) <= i < len(names)]
     return list(dict.fromkeys(picked)) or [names[-1]]
+
+
+def paired(student: list[str], teacher: list[str], last: bool = False) -> tuple[list[str], list[str]]:
+    """The two lists cut to the shorter one's length, keeping the first pairs (`zip`, RepDistiller)
+    or, with `last`, the last ones (mdistiller's OFD and ReviewKD)."""
+    count = min(len(student), len(teacher))
+    if last:
+        return student[len(student) - count:], teacher[len(teacher) - count:]
+    return student[:count], teacher[:count]
 
 
 class LayerPairMethod(FeatureMethod):
@@ -63,11 +77,11 @@ class LayerPairMethod(FeatureMethod):
     def resolve(self, student, teacher) -> None:
         s_default = pick_stages(stage_names(student), self.default_stages)
         t_default = pick_stages(stage_names(teacher), self.default_stages)
-        count = len(self.student_names or self.teacher_names or [])
-        if not count:  # both unset: as many stages as both models have
-            count = min(len(s_default), len(t_default))
-        self.student_names = self.student_names or s_default[-count:]
-        self.teacher_names = self.teacher_names or t_default[-count:]
+        # Both unset: as many pairs as the shallower model has stages, the first ones (`zip`); one
+        # side set: as many of the other side's stages, again from the first.
+        count = len(self.student_names or self.teacher_names or []) or min(len(s_default), len(t_default))
+        self.student_names = self.student_names or s_default[:count]
+        self.teacher_names = self.teacher_names or t_default[:count]
         if len(self.student_names) != len(self.teacher_names):
             raise ConfigError(f"hint.student={self.student_names} and hint.teacher={self.teacher_names} differ "
                               f"in length; hint={self.name} pairs them in order: set both")

@@ -96,6 +96,7 @@ class KDSVD(LayerPairMethod):
     schema = KDSVDConfig
     single = False
     default_stages = EVERY_STAGE
+    revision = 2  # unequal stage counts paired from the first stage (`zip`, the reference); 1 kept the last
 
     @classmethod
     def check(cls, cfg) -> None:

@@ -16,7 +16,7 @@ FEAT_WEIGHT 50; CRD Table 1, resnet32x4 → resnet8x4: 73.30): CE + 50 · hint s
 after the stem (RepDistiller `feat[1:-1]`, mdistiller `feats[1:]`: the three stages of a CIFAR
 ResNet), batch 64. The paper itself places NST on the last stage alone (`hint.student=stages.2
 hint.teacher=stages.2` on a CIFAR ResNet). Defaults here: weight 50, layers = every stage of both
-models (as many pairs as the shallower has, the last ones); `loss.alpha=1` makes the family loss CE
+models (as many pairs as the shallower has, the first ones: `zip`); `loss.alpha=1` makes the family loss CE
 alone.
 """
 
@@ -60,6 +60,7 @@ class NeuronSelectivityTransfer(LayerPairMethod):
     schema = NSTConfig
     single = False
     default_stages = EVERY_STAGE
+    revision = 2  # unequal stage counts paired from the first stage (`zip`, the reference); 1 kept the last
 
     @classmethod
     def check(cls, cfg) -> None:

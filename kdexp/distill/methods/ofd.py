@@ -13,9 +13,11 @@ batch norm before that ReLU (scale γ, shift β per channel, the response ~ N(β
 m = β − |γ| · φ(β/|γ|) / Φ(−β/|γ|), or −3|γ| where Φ(−β/|γ|) ≤ 0.001.
 
 Recipe of the published numbers (mdistiller distillers/OFD.py, configs/cifar100/ofd.yaml): the
-pre-ReLU outputs of the three stages on both sides (`preact_feats[1:]`: kdexp's
-`stages.k.<last block>.relu:input`), the margin from each last block's batch norm before that ReLU
-(`bn2`), connectors conv 1x1 (He-normal) + BN, deeper stages weighted more (1/4, 1/2, 1), CE
+pre-ReLU outputs of every stage on both sides (`preact_feats[1:]`: kdexp's
+`stages.k.<last block>.relu:input`; three on a CIFAR ResNet/WRN/ShuffleNet, four on VGG,
+MobileNetV2, ResNet-50), the last ones paired where the counts differ (`_align_list`:
+`l[-min_len:]`), the margin from each last block's batch norm before that ReLU
+(`bn2`), connectors conv 1x1 (He-normal) + BN, deeper stages weighted more (…, 1/4, 1/2, 1), CE
 weight 1 (kd=hinton loss.alpha=1), weight 0.001. The teacher's layers must be `<block>.relu:input`
 of a block with a batch norm among its own modules; the connectors are trainable parts.
 """
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from kdexp.config.checks import ConfigError
 from kdexp.config.registry import HINT_METHODS
 from kdexp.distill.features import INPUT, stage_preact_names
-from kdexp.distill.methods.hint_layers import LayerPairMethod
+from kdexp.distill.methods.hint_layers import LayerPairMethod, paired
 from kdexp.distill.methods.maps import require_pair_maps
 
 
@@ -72,13 +74,18 @@ def connector(s_channels: int, t_channels: int) -> nn.Sequential:
 
 def bn_before(teacher: nn.Module, layer: str) -> nn.BatchNorm2d:
     """The batch norm before the ReLU `<block>.relu:input` names: the last among the block's own
-    modules (`bn2` of a BasicBlock)."""
+    modules (`bn2` of a BasicBlock), or else the last inside its last child that has one (a VGG
+    stage's `convs`)."""
     modules = dict(teacher.named_modules())
     block = layer.removesuffix(INPUT).rpartition(".")[0]
     if not layer.endswith(INPUT) or block not in modules:
         raise ConfigError(f"hint.teacher={layer!r} is not allowed; hint=ofd takes the teacher's pre-ReLU features, "
                           f"`<block>.relu:input` of a block with a batch norm (e.g. a resnet's stages.2.0.relu:input)")
     bns = [m for m in modules[block].children() if isinstance(m, nn.BatchNorm2d)]
+    for child in reversed(list(modules[block].children()) if not bns else []):
+        bns = [m for m in child.modules() if isinstance(m, nn.BatchNorm2d)]
+        if bns:
+            break
     if not bns:
         raise ConfigError(f"hint.teacher={layer!r}: its block {block!r} has no batch norm of its own to take "
                           f"hint=ofd's margin from; use a resnet teacher")
@@ -90,12 +97,12 @@ class OFD(LayerPairMethod):
     name = "ofd"
     schema = OFDConfig
     single = False
+    revision = 2  # every stage (four on VGG, MobileNetV2, ResNet-50); 1 took the last three at most
 
     def resolve(self, student, teacher) -> None:
         if not (self.student_names or self.teacher_names):
-            count = min(len(stage_preact_names(student)), len(stage_preact_names(teacher)), 3)
-            self.student_names = stage_preact_names(student)[-count:]
-            self.teacher_names = stage_preact_names(teacher)[-count:]
+            self.student_names, self.teacher_names = paired(stage_preact_names(student),
+                                                            stage_preact_names(teacher), last=True)
         super().resolve(student, teacher)
         self._margins = [margin(bn_before(teacher, layer)) for layer in self.teacher_names]
 

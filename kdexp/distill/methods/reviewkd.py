@@ -12,13 +12,16 @@ pyramid levels 4, 2, 1 smaller than it, weighted 1, ½, ¼, ⅛ and normalised b
     hint = min(epoch / warmup, 1) · Σ_i HCL(o_i, t_i),   loss = family loss + weight · hint
 
 Recipe of the published numbers (mdistiller distillers/ReviewKD.py, configs/cifar100/reviewkd.yaml
-for ResNet32x4 → ResNet8x4): student levels = the outputs of the three stages and the pooled
-feature (`feats[1:] + pooled`, after ReLU: STU_PREACT false); teacher levels = the three stages'
-pre-ReLU outputs and the pooled feature (`preact_feats[1:] + pooled`); ABF mid channels
+for ResNet32x4 → ResNet8x4): student levels = the outputs of every stage and the pooled feature
+(`feats[1:] + pooled`, after ReLU: STU_PREACT false; three stages on a CIFAR ResNet, four on VGG and
+MobileNetV2 in the authors' CIFAR code); teacher levels = every stage's pre-ReLU output and the
+pooled feature (`preact_feats[1:] + pooled`); where the two have different numbers of stages, the
+deepest ones are paired (the fusion modules are built from the deepest level down); ABF mid channels
 min(512, channels of the deepest student level); CE weight 1 (kd=hinton loss.alpha=1), weight 5,
-warmup 20 epochs (linear from epoch 1). Unset `hint.student` / `hint.teacher` are those levels
-(`stages.k`, `stages.k.<last block>.relu:input`, the classifier's input); a model with fewer stages
-uses the ones it has. The ABF modules are the method's trainable parts.
+warmup 20 of its 240 epochs (linear from epoch 1; null: that fraction of `trainer.epochs`,
+methods/warmup.py). Unset `hint.student` / `hint.teacher` are those levels
+(`stages.k`, `stages.k.<last block>.relu:input`, the classifier's input). The ABF modules are the
+method's trainable parts.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdexp.config.checks import require
 from kdexp.config.registry import HINT_METHODS
 from kdexp.distill.features import classifier_input, stage_names, stage_preact_names
-from kdexp.distill.methods.hint_layers import LayerPairMethod
+from kdexp.distill.methods import warmup
+from kdexp.distill.methods.hint_layers import LayerPairMethod, paired
 
 MAX_MID_CHANNELS = 512  # mdistiller's min(512, ...)
 PYRAMID = (4, 2, 1)
@@ -44,7 +47,7 @@ class ReviewKDConfig:
     name: str = "reviewkd"
     weight: float = 5.0
     # Epochs over which the term rises linearly to its weight (0: from the start).
-    warmup: int = 20
+    warmup: int | None = None  # null: the recipe's 20 of 240 epochs, scaled to trainer.epochs
     # Lists of module paths, shallow to deep, paired in order; null = the recipe's levels.
     student: Any = None
     teacher: Any = None
@@ -97,18 +100,20 @@ class ReviewKD(LayerPairMethod):
     name = "reviewkd"
     schema = ReviewKDConfig
     single = False
+    # 2: every stage (four on VGG, MobileNetV2, ResNet-50; 1 took the last three at most), and the
+    # warm-up scaled to the run's epochs (methods/warmup.py)
+    revision = 2
 
     @classmethod
     def check(cls, cfg) -> None:
         super().check(cfg)
-        warmup = cfg.hint.warmup
-        require(isinstance(warmup, int) and warmup >= 0, "hint.warmup", warmup, "allowed: an integer >= 0 (epochs)")
+        warmup.resolve(cfg.hint, "hint.warmup", cfg.trainer.epochs, recipe_warmup=20)
 
     def resolve(self, student, teacher) -> None:
         if not (self.student_names or self.teacher_names):
-            count = min(len(stage_names(student)), len(stage_names(teacher)), 3)
-            self.student_names = stage_names(student)[-count:] + [classifier_input(student)]
-            self.teacher_names = stage_preact_names(teacher)[-count:] + [classifier_input(teacher)]
+            levels_s, levels_t = paired(stage_names(student), stage_preact_names(teacher), last=True)
+            self.student_names = levels_s + [classifier_input(student)]
+            self.teacher_names = levels_t + [classifier_input(teacher)]
         super().resolve(student, teacher)
 
     def setup(self, student, teacher) -> None:
@@ -124,5 +129,4 @@ class ReviewKD(LayerPairMethod):
         for level in reversed(range(len(pairs) - 1)):
             out, residual = self.abfs[level](pairs[level][0], residual, pairs[level][1].shape[2:])
             outputs.insert(0, out)
-        warm = min(clock.epoch / self.cfg.warmup, 1.0) if self.cfg.warmup else 1.0
-        return {"hint": warm * sum(hcl_loss(o, t) for o, (_, t) in zip(outputs, pairs))}
+        return {"hint": warmup.ramp(clock.epoch, self.cfg.warmup) * sum(hcl_loss(o, t) for o, (_, t) in zip(outputs, pairs))}

@@ -18,7 +18,7 @@ Recipe of the published numbers (RepDistiller `--distill vid -a 0 -b 1`, mdistil
 FEAT_WEIGHT 1, INIT_PRED_VAR 5, EPS 1e-5; CRD Table 1, resnet32x4 → resnet8x4: 73.09): CE + 1 · hint
 summed over every stage after the stem (`feat[1:-1]`), batch 64. Defaults here: weight 1,
 init_var 5, eps 1e-5, layers = every stage of both models (as many pairs as the shallower has, the
-last ones); `loss.alpha=1` makes the family loss CE alone. (mdistiller keeps α in a plain list, so
+first ones: `zip`); `loss.alpha=1` makes the family loss CE alone. (mdistiller keeps α in a plain list, so
 its variances are never trained; RepDistiller's, followed here, are parameters.)
 """
 
@@ -74,6 +74,7 @@ class VID(LayerPairMethod):
     schema = VIDConfig
     single = False
     default_stages = EVERY_STAGE
+    revision = 2  # unequal stage counts paired from the first stage (`zip`, the reference); 1 kept the last
 
     @classmethod
     def check(cls, cfg) -> None:
