@@ -170,6 +170,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_healthy(url: str) -> bool:
+    """Whether an MLflow server answers `url`/health."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def spawn_ranks(target, world: int, *args, timeout: float = 120) -> None:
+    """Run `target(rank, world, port, *args)` in `world` spawned processes that form one process
+    group on a free port; asserts each exits 0."""
+    import torch.multiprocessing as mp
+
+    port = free_port()
+    context = mp.get_context("spawn")
+    procs = [context.Process(target=target, args=(rank, world, port, *args)) for rank in range(world)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout)
+        assert proc.exitcode == 0
+
+
 def bench_speed():
     """benchmarks/bench_speed.py, loaded as a module (benchmarks/ is no package)."""
     spec = importlib.util.spec_from_file_location("bench_speed", REPOSITORY / "benchmarks" / "bench_speed.py")

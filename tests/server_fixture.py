@@ -19,10 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from helpers import free_port
+from helpers import free_port, server_healthy
 
 ADMIN, ADMIN_PASSWORD = "admin", "admin-Pa55word-for-tests"
 PG_DIRS = ("/usr/local/bin", "/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/bin")
@@ -48,13 +47,6 @@ def missing() -> str | None:
             return f"{package} is not installed (pip install -e '.[test]')"
     return None
 
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _stop(process: subprocess.Popen | None, sig: int = signal.SIGTERM, group: bool = True) -> None:
@@ -146,7 +138,7 @@ class TeamServer:
              "--artifacts-destination", str(self.folder / "artifacts"), "--serve-artifacts"],
             cwd=self.folder, env=env, stdout=self.mlflow_log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while not _healthy(self.url):
+        while not server_healthy(self.url):
             assert self.mlflow.poll() is None, (self.folder / "mlflow.log").read_text()[-3000:]
             assert time.monotonic() < deadline, f"mlflow server was not healthy within {timeout:g} s"
             time.sleep(0.5)

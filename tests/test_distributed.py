@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import free_port, toy_dataset
+from helpers import spawn_ranks, toy_dataset
 
 
 def test_world_from_torchrun_and_slurm_environments():
@@ -99,17 +99,9 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path):
     """51 samples in global batches of 16: the last batch (3 rows) splits 2 + 1 over the ranks, and
     the step still equals one process's: same weights, same epoch losses and accuracies."""
     import torch
-    import torch.multiprocessing as mp
 
     _fit(0, 1, 0, str(tmp_path / "one.pt"))
-    port = free_port()
-    context = mp.get_context("spawn")
-    procs = [context.Process(target=_fit, args=(rank, 2, port, str(tmp_path / "two.pt"))) for rank in range(2)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(120)
-        assert proc.exitcode == 0
+    spawn_ranks(_fit, 2, str(tmp_path / "two.pt"))
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     for key, value in one["state"].items():
         torch.testing.assert_close(two["state"][key], value, rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import free_port, kdexp, runs_of
+from helpers import kdexp, runs_of, spawn_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -60,17 +60,9 @@ def _crd_steps(rank: int, world: int, port: int, out: str) -> None:
 
 def test_two_processes_hold_one_process_banks_and_share_its_loss(tmp_path):
     import torch
-    import torch.multiprocessing as mp
 
     _crd_steps(0, 1, 0, str(tmp_path / "one"))
-    port = free_port()
-    context = mp.get_context("spawn")
-    procs = [context.Process(target=_crd_steps, args=(rank, 2, port, str(tmp_path / "two"))) for rank in range(2)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(120)
-        assert proc.exitcode == 0
+    spawn_ranks(_crd_steps, 2, str(tmp_path / "two"))
     one = torch.load(tmp_path / "one.0")
     ranks = [torch.load(tmp_path / f"two.{rank}") for rank in range(2)]
     for rank in ranks:  # every process holds the one-process banks and normalisers

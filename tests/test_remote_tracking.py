@@ -9,25 +9,17 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import mlflow
 import pytest
 
 from conftest import FAST
-from helpers import free_port, kdexp
+from helpers import free_port, kdexp, server_healthy
 from kdexp import tracking
 
 pytestmark = pytest.mark.slow
 QUIET = [*FAST, "data.limit_train=300", "tracking.log_model=false"]
 
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -48,7 +40,7 @@ def server(tmp_path):
         cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not _healthy(url):
+        while not server_healthy(url):
             assert process.poll() is None, (folder / "server.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "mlflow server was not healthy within 120 s"
             time.sleep(0.5)
