@@ -559,10 +559,10 @@ def count_step_syncs(setup: Setup, epochs: int = 1) -> tuple[dict[str, float], i
 # --- 3: fixed costs, from bench_speed.py ------------------------------------------------------------------
 
 
-def fixed_costs(quick: bool, device: str, tmp: Path) -> dict | None:
+def fixed_costs(quick: bool, rounds: int, device: str, tmp: Path) -> dict | None:
     out = tmp / "bench_speed.json"
     cmd = [sys.executable, str(HERE / "bench_speed.py"), "--skip-reference", "--json", str(out), "--device", device]
-    cmd += ["--quick"] if quick else ["--rounds", "1"]
+    cmd += ["--quick"] if quick else ["--rounds", str(rounds)]  # judged by the median round, as issue 14
     print(f"--- fixed costs: {' '.join(cmd[1:])}", flush=True)
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0 or not out.exists():
@@ -603,19 +603,12 @@ if off == "store-child":
     after_import("kdexp.tracking.create", lambda m: setattr(m, "start", lambda *a, **k: None))
 if off == "gc-freeze":
     gc.freeze = lambda: None
-if off == "data-cache":
-    def patch(m):
-        load = m.load
-        def uncached(cfg, read=None):
-            m._LOADED = None
-            return load(cfg, read)
-        m.load = uncached
-    after_import("kdexp.data.memory", patch)
 sys.exit(entry.run("kdexp.cli.main"))
 """
 
 # Each mechanism, and the run of bench_speed.py it was built to shorten.
-MECHANISMS = {"store-child": "cold", "fast-exit": "cold", "gc-freeze": "sweep", "data-cache": "sweep"}
+# (The per-process data cache was measured at 0.2 s a job, 1.9 % of the sweep, and removed.)
+MECHANISMS = {"store-child": "cold", "fast-exit": "cold", "gc-freeze": "sweep"}
 
 
 def mechanisms(rounds: int, quick: bool, tmp: Path) -> dict[str, dict[str, list[float]]]:
@@ -775,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
 
     syncs, steps = count_step_syncs(setup)
     figures["syncs"] = syncs
-    speed = None if args.skip_fixed else fixed_costs(args.quick, args.device, tmp)
+    speed = None if args.skip_fixed else fixed_costs(args.quick, rounds, args.device, tmp)
     figures["fixed"] = speed
     if args.mechanisms:
         figures["mechanisms"] = mechanisms(rounds, args.quick, tmp)

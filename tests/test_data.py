@@ -186,43 +186,6 @@ def test_limit_and_validation_split_apply_to_torchvision_sets(tmp_path):
     assert sorted(ds.val.y.tolist()) == [c for c in range(10) for _ in range(1)]  # stratified: one per class
 
 
-# --- the per-process cache of the loaded data set -----------------------------------
-
-
-def test_the_loaded_data_set_is_reused_while_its_loading_settings_stay_the_same(tmp_path, monkeypatch):
-    """An in-process sweep's jobs read the files once; settings of batching and augmentation do not
-    matter, every other data setting (and another root) loads anew, and only one data set is kept."""
-    write_mnist_like(tmp_path / "a", "MNIST", train=30)
-    write_mnist_like(tmp_path / "b", "MNIST", train=30, seed=1)
-    reads = []
-    real_read = data._read
-    monkeypatch.setattr(data, "_read", lambda cfg: reads.append(cfg.root) or real_read(cfg))
-
-    def load(*overrides):
-        return data.load(compose_cfg(["data=mnist", f"data.root={tmp_path / 'a'}", *overrides], fast=False).data)
-
-    first = load()
-    assert load("data.batch_size=32", "data.eval_batch_size=7", "data.augment=true", "data.max_shift=1",
-                "data.augmentation=crop_flip", "data.crop_padding=2", "data.download=true") is first
-    assert len(reads) == 1
-    limited = load("data.limit_train=20")
-    assert len(limited.train) == 20 and len(reads) == 2
-    assert len(load("data.val_size=10").val) == 10 and len(reads) == 3
-    other_root = load(f"data.root={tmp_path / 'b'}")
-    assert not torch.equal(other_root.train.x, first.train.x) and len(reads) == 4
-    again = load()
-    assert again is not first and torch.equal(again.train.x, first.train.x) and len(reads) == 5  # one kept
-
-
-def test_a_relative_root_is_the_same_data_set_from_the_same_folder(tmp_path, monkeypatch):
-    write_mnist_like(tmp_path, "MNIST", train=30)
-    monkeypatch.chdir(tmp_path)
-    relative = compose_cfg(["data=mnist", "data.root=."], fast=False).data
-    absolute = compose_cfg(["data=mnist", f"data.root={tmp_path}"], fast=False).data
-    assert data.loading_key(relative) == data.loading_key(absolute)
-    assert data.load(relative) is data.load(absolute)
-
-
 # --- the embedded mnist5k split ----------------------------------------------------
 
 

@@ -99,7 +99,63 @@ def test_the_pairs_are_those_of_the_references_zip_on_real_features(models):
     assert ours == reference and reference[0] == (torch.Size([2, 64, 32, 32]), torch.Size([2, 128, 16, 16]))
 
 
-@pytest.mark.parametrize("method, revision", [("at", 3), ("nst", 2), ("kdsvd", 2), ("vid", 2), ("ab", 2),
-                                              ("fsp", 2), ("ofd", 2), ("reviewkd", 2)])
+@pytest.mark.parametrize("method, revision", [("at", 3), ("nst", 2), ("kdsvd", 2), ("vid", 2), ("ab", 3),
+                                              ("fsp", 2), ("ofd", 3), ("reviewkd", 3)])
 def test_a_method_whose_pairing_changed_has_a_new_recipe_revision(method, revision):
     assert recipe_revisions(OmegaConf.create({"hint": {"name": method}})) == {"hint": revision}
+
+
+# --- pre-ReLU features where a stage does not end in its block's `relu` -------------------------------
+
+CNN = {"name": "cnn", "channels": [32, 64], "fc": 128, "dropout": 0.3, "batch_norm": True}
+WRN16_2 = {"name": "wrn", "depth": 16, "widen": 2}
+WRN_PREACT = ["stages.1.0.relu1:input", "stages.2.0.relu1:input", "head.1:input"]
+
+
+def test_a_cnn_blocks_pre_relu_feature_is_its_relus_input_before_the_pooling():
+    """conv → BN → ReLU → max-pool: the pre-ReLU map is the BN's output, at the conv's size; OFD
+    takes it (and its margin from that BN) by default instead of refusing the cnn teacher."""
+    cnn = build(OmegaConf.create(CNN), (1, 28, 28), 10, 0)
+    preact = ["stages.0.2:input", "stages.1.2:input"]
+    assert _resolved("ofd", cnn, cnn) == (preact, preact)
+    assert _resolved("ab", cnn, cnn) == (preact, preact)
+    assert [bn_before(cnn, name) for name in preact] == [cnn.stages[0][1], cnn.stages[1][1]]
+    x = torch.randn(4, 1, 28, 28)
+    with Capture(cnn, preact) as c:
+        cnn.eval()(x)
+        assert torch.equal(c.features["stages.0.2:input"], cnn.stages[0][1](cnn.stages[0][0](x)))
+        assert c.features["stages.0.2:input"].shape[-1] == 28 and (c.features["stages.0.2:input"] < 0).any()
+
+
+def test_a_cnn_without_batch_norm_is_refused_by_ofd_in_one_line_naming_the_setting():
+    from kdexp.config.checks import ConfigError
+
+    cnn = build(OmegaConf.create({**CNN, "batch_norm": False}), (1, 28, 28), 10, 0)
+    with pytest.raises(ConfigError, match=r"no batch norm .*teacher\.batch_norm=true"):
+        _resolved("ofd", cnn, cnn)
+
+
+def test_a_wrns_pre_relu_features_are_the_next_batch_norms_outputs_as_the_references_preact():
+    """RepDistiller's wrn.py with preact=True: f1 = block2.layer[0].bn1(f1), f2 = block3.layer[0].bn1(f2),
+    f3 = bn1(f3); OFD's margins from the same batch norms (`get_bn_before_relu`)."""
+    wrn = build(OmegaConf.create(WRN16_2), (3, 32, 32), 100, 0)
+    assert _resolved("ofd", wrn, wrn) == (WRN_PREACT, WRN_PREACT)
+    assert [bn_before(wrn, n) for n in WRN_PREACT] == [wrn.stages[1][0].bn1, wrn.stages[2][0].bn1, wrn.head[0]]
+    for bn in (wrn.stages[1][0].bn1, wrn.stages[2][0].bn1, wrn.head[0]):  # a trained net's statistics
+        bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 32, 32)
+    with Capture(wrn, WRN_PREACT + ["stages.0", "stages.1", "stages.2"]) as c:
+        wrn.eval()(x)
+        f = c.features
+        assert torch.allclose(f[WRN_PREACT[0]], wrn.stages[1][0].bn1(f["stages.0"]))
+        assert torch.allclose(f[WRN_PREACT[1]], wrn.stages[2][0].bn1(f["stages.1"]))
+        assert torch.allclose(f[WRN_PREACT[2]], wrn.head[0](f["stages.2"]))
+
+
+def test_ofd_names_the_teachers_own_pre_relu_layers_when_one_given_is_not_one():
+    from kdexp.config.checks import ConfigError
+
+    wrn = build(OmegaConf.create(WRN16_2), (3, 32, 32), 100, 0)
+    with pytest.raises(ConfigError, match=r"hint\.teacher='stages\.0'.*this teacher's: stages\.1\.0\.relu1:input, "
+                                          r"stages\.2\.0\.relu1:input, head\.1:input"):
+        bn_before(wrn, "stages.0")

@@ -1,5 +1,5 @@
 """A recipe's warm-up is its fraction of the run (issue 28: DKD's 20 epochs in a 3-epoch run never
-reached full weight, silently)."""
+reached full weight, silently), and so is a method's own stage (FT, AB, FSP: 30 of 240 epochs)."""
 
 import pytest
 
@@ -45,3 +45,23 @@ def test_the_resolved_warmup_is_in_the_run_key():
     pinned = compose_cfg(["kd=dkd", "trainer.epochs=20", "kd.warmup=2"], fast=False)
     assert run_key(short, "cpu") == run_key(pinned, "cpu")
     assert run_key(short, "cpu") != run_key(compose_cfg(["kd=dkd", "kd.warmup=20"], fast=False), "cpu")
+
+
+@pytest.mark.parametrize("method", ["ft", "ab", "fsp"])
+@pytest.mark.parametrize("epochs, expected", [(240, 30), (20, 2), (2, 1), (1, 1)])
+def test_a_methods_own_stage_is_the_recipes_30_of_240_epochs_scaled_and_at_least_one(method, epochs, expected):
+    cfg = compose_cfg([f"hint={method}", "model@student=cnn", f"trainer.epochs={epochs}"], fast=False)
+    assert cfg.hint.init_epochs == expected
+
+
+def test_a_stage_length_the_user_sets_is_kept_in_the_run_key_and_zero_is_refused_in_one_line():
+    from kdexp.config.identity import run_key
+
+    scaled = compose_cfg(["hint=ft", "model@student=cnn", "trainer.epochs=240"], fast=False)
+    pinned = compose_cfg(["hint=ft", "model@student=cnn", "trainer.epochs=240", "hint.init_epochs=30"], fast=False)
+    assert pinned.hint.init_epochs == 30 and run_key(scaled, "cpu") == run_key(pinned, "cpu")
+    assert compose_cfg(["hint=ab", "model@student=cnn", "trainer.epochs=2", "hint.init_epochs=5"],
+                       fast=False).hint.init_epochs == 5
+    with pytest.raises(ConfigError) as err:
+        compose_cfg(["hint=fsp", "hint.init_epochs=0"], fast=False)
+    assert "\n" not in str(err.value) and str(err.value).startswith("hint.init_epochs=0 is not allowed")

@@ -130,6 +130,7 @@ def test_each_pair_runs_the_benchmark_recipe_with_its_lr_and_dkd_beta(pair):
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", lr, 0.9, 5e-4)
     assert (cfg.optim.scheduler, list(cfg.optim.milestones), cfg.optim.gamma) == ("multistep", [150, 180, 210], 0.1)
     assert (cfg.data.name, cfg.data.batch_size, cfg.data.augmentation, cfg.data.crop_padding) == ("cifar100", 64, "crop_flip", 4)
+    assert cfg.data.eval_batch_size == 64  # mdistiller's TEST.BATCH_SIZE (RepDistiller: 32)
     assert (cfg.trainer.epochs, cfg.trainer.teacher_epochs) == (240, 240)
     assert (cfg.kd.beta, cfg.kd.alpha, cfg.kd.temperature, cfg.kd.warmup) == (beta, 1.0, 4.0, 20)
 

@@ -48,16 +48,32 @@ def default_layer(model: nn.Module) -> str:
 
 def stage_preact_names(model: nn.Module) -> list[str]:
     """Each stage's pre-activation output: the input of its last block's own `relu` module
-    (`stages.2.4.relu:input`: the reference's `preact_feats`), or of the stage's own last `relu`
-    (a VGG stage: `stages.3.relu:input`), or the stage's output where there is neither."""
+    (`stages.2.4.relu:input`: the reference's `preact_feats`), or of the stage's own last ReLU when
+    only pooling follows it (a VGG stage: `stages.3.relu:input`; a CNN block conv → BN → ReLU →
+    max-pool: `stages.1.2:input`), or the stage's output where there is neither (an MLP, or
+    MobileNetV2's linear bottlenecks, which are pre-activation already). A net of pre-activation
+    blocks (a WRN) names them itself (`StagedNet.preact_bns`: the next batch norm's outputs)."""
+    declared = getattr(model, "preact_bns", None)
+    if declared:
+        return list(declared)
     names = dict(model.named_modules())
-    out = []
-    for stage in stage_names(model):
-        children = list(getattr(names[stage], "_modules", {}) or []) if stage in names else []
-        last = f"{stage}.{children[-1]}" if children else None
-        relu = last if last is not None and last.endswith(".relu") else f"{last}.relu"
-        out.append(relu + INPUT if relu in names and isinstance(names[relu], nn.ReLU) else stage)
-    return out
+    return [_preact(stage, names) for stage in stage_names(model)]
+
+
+_POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def _preact(stage: str, names: dict[str, nn.Module]) -> str:
+    children = list(getattr(names.get(stage), "_modules", {}) or [])
+    if not children:
+        return stage
+    own_last = len(children)
+    while own_last and isinstance(names[f"{stage}.{children[own_last - 1]}"], _POOLING):
+        own_last -= 1
+    if own_last and isinstance(names[f"{stage}.{children[own_last - 1]}"], nn.ReLU):
+        return f"{stage}.{children[own_last - 1]}{INPUT}"
+    relu = f"{stage}.{children[-1]}.relu"
+    return relu + INPUT if isinstance(names.get(relu), nn.ReLU) else stage
 
 
 def classifier_input(model: nn.Module) -> str:

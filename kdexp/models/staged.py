@@ -19,6 +19,10 @@ class StagedNet(nn.Module):
         self.stem = stem or nn.Identity()
         self.stages = nn.ModuleList(stages)
         self.head = head
+        # Each stage's pre-ReLU feature → the batch norm before that ReLU, for a net whose stages
+        # do not end in their own ReLU (pre-activation blocks); empty: found from the stages
+        # (distill/features.py `stage_preact_names`).
+        self.preact_bns: dict[str, str] = {}
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         out, h = [], self.stem(x)

@@ -65,6 +65,9 @@ def wide_resnet(depth: int, widen: int, in_channels: int, num_classes: int) -> S
     head = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
                          nn.Linear(cin, num_classes))
     net = StagedNet(stages, head, stem=nn.Sequential(_conv3x3(in_channels, widths[0])))
+    # The reference's pre-ReLU features (`preact=True`): each stage's output through the next batch
+    # norm, i.e. the input of the next stage's first `relu1`, and of the head's ReLU for the last.
+    net.preact_bns = {f"stages.{k}.0.relu1:input": f"stages.{k}.0.bn1" for k in (1, 2)} | {"head.1:input": "head.0"}
     for m in net.modules():  # as the reference: He init (fan out) for convs, unit batch norms, zero biases
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

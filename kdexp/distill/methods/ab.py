@@ -32,6 +32,7 @@ from kdexp.config.checks import ConfigError, require
 from kdexp.config.registry import HINT_METHODS
 from kdexp.distill.features import stage_preact_names
 from kdexp.distill.methods.base import MethodStage
+from kdexp.distill.methods import warmup
 from kdexp.distill.methods.hint_layers import LayerPairMethod, paired
 from kdexp.distill.methods.maps import require_pair_maps
 
@@ -42,7 +43,8 @@ class ABConfig:
     # The AB term's weight in the distillation stage (the recipe: none).
     weight: float = 0.0
     # Epochs of the initialisation stage (student and connectors trained on AB alone).
-    init_epochs: int = 30
+    # null: RepDistiller's 30 of 240 epochs scaled to trainer.epochs (methods/warmup.py)
+    init_epochs: Any = None
     margin: float = 1.0
     # Lists of module paths, paired in order; null = the stages' pre-ReLU outputs.
     student: Any = None
@@ -78,13 +80,14 @@ class ActivationBoundaries(LayerPairMethod):
     name = "ab"
     schema = ABConfig
     single = False
-    revision = 2  # every stage, the first pairs (`zip`); 1 took the last three at most
+    # 3: pre-ReLU features of CNN/MLP stages and WRNs (features.stage_preact_names); 2: every
+    # stage, the first pairs (`zip`); 1 took the last three at most
+    revision = 3
 
     @classmethod
     def check(cls, cfg) -> None:
         super().check(cfg)
-        require(isinstance(cfg.hint.init_epochs, int) and cfg.hint.init_epochs >= 1, "hint.init_epochs",
-                cfg.hint.init_epochs, "allowed: an integer >= 1 (the initialisation stage's epochs)")
+        warmup.resolve_stage(cfg.hint, "hint.init_epochs", cfg.trainer.epochs, recipe_stage=30)
         require(cfg.hint.margin > 0, "hint.margin", cfg.hint.margin, "allowed: a margin > 0")
 
     def resolve(self, student, teacher) -> None:

@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdexp.config.checks import ConfigError, require
+from kdexp.config.checks import ConfigError
 from kdexp.config.registry import HINT_METHODS
 from kdexp.distill.features import stage_names
 from kdexp.distill.methods.base import MethodStage
+from kdexp.distill.methods import warmup
 from kdexp.distill.methods.hint_layers import LayerPairMethod, paired
 
 
@@ -40,7 +41,8 @@ class FSPConfig:
     # The FSP term's weight in the distillation stage (the recipe: none).
     weight: float = 0.0
     # Epochs of the initialisation stage (the student trained on the FSP loss alone).
-    init_epochs: int = 30
+    # null: RepDistiller's 30 of 240 epochs scaled to trainer.epochs (methods/warmup.py)
+    init_epochs: Any = None
     # Lists of module paths, in order; null = the stem (when it has weights) and the stages.
     student: Any = None
     teacher: Any = None
@@ -74,8 +76,7 @@ class FSP(LayerPairMethod):
     @classmethod
     def check(cls, cfg) -> None:
         super().check(cfg)
-        require(isinstance(cfg.hint.init_epochs, int) and cfg.hint.init_epochs >= 1, "hint.init_epochs",
-                cfg.hint.init_epochs, "allowed: an integer >= 1 (the initialisation stage's epochs)")
+        warmup.resolve_stage(cfg.hint, "hint.init_epochs", cfg.trainer.epochs, recipe_stage=30)
 
     def resolve(self, student, teacher) -> None:
         if not (self.student_names or self.teacher_names):

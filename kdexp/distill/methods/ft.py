@@ -31,6 +31,7 @@ from torch import nn
 from kdexp.config.checks import require
 from kdexp.config.registry import HINT_METHODS
 from kdexp.distill.methods.base import MethodStage
+from kdexp.distill.methods import warmup
 from kdexp.distill.methods.hint_layers import LayerPairMethod
 from kdexp.distill.methods.maps import require_pair_maps
 
@@ -42,7 +43,8 @@ class FTConfig:
     # Channels of the factor = rate × the teacher feature's channels.
     rate: float = 0.5
     # Epochs of the paraphraser's own stage, before distillation.
-    init_epochs: int = 30
+    # null: RepDistiller's 30 of 240 epochs scaled to trainer.epochs (methods/warmup.py)
+    init_epochs: Any = None
     # Module paths; null = the last stage.
     student: Any = None
     teacher: Any = None
@@ -84,8 +86,7 @@ class FactorTransfer(LayerPairMethod):
     def check(cls, cfg) -> None:
         super().check(cfg)
         require(0 < cfg.hint.rate <= 1, "hint.rate", cfg.hint.rate, "allowed: 0 < rate <= 1")
-        require(isinstance(cfg.hint.init_epochs, int) and cfg.hint.init_epochs >= 1, "hint.init_epochs",
-                cfg.hint.init_epochs, "allowed: an integer >= 1 (the paraphraser's epochs)")
+        warmup.resolve_stage(cfg.hint, "hint.init_epochs", cfg.trainer.epochs, recipe_stage=30)
 
     def setup(self, student, teacher) -> None:
         require_pair_maps(self, student, teacher)

@@ -19,7 +19,10 @@ MobileNetV2, ResNet-50), the last ones paired where the counts differ (`_align_l
 `l[-min_len:]`), the margin from each last block's batch norm before that ReLU
 (`bn2`), connectors conv 1x1 (He-normal) + BN, deeper stages weighted more (…, 1/4, 1/2, 1), CE
 weight 1 (kd=hinton loss.alpha=1), weight 0.001. The teacher's layers must be `<block>.relu:input`
-of a block with a batch norm among its own modules; the connectors are trainable parts.
+of a block with a batch norm among its own modules (a CNN block's `stages.k.2:input`), or a WRN's
+pre-ReLU features (`stages.1.0.relu1:input`, `stages.2.0.relu1:input`, `head.1:input`: each stage's
+output through the next batch norm, whose margin they take, as the reference's `preact=True` and
+`get_bn_before_relu`); the connectors are trainable parts.
 """
 
 from __future__ import annotations
@@ -77,10 +80,14 @@ def bn_before(teacher: nn.Module, layer: str) -> nn.BatchNorm2d:
     modules (`bn2` of a BasicBlock), or else the last inside its last child that has one (a VGG
     stage's `convs`)."""
     modules = dict(teacher.named_modules())
+    declared = getattr(teacher, "preact_bns", None) or {}
+    if layer in declared:  # a pre-activation net (WRN): the next batch norm, named by the model
+        return modules[declared[layer]]
     block = layer.removesuffix(INPUT).rpartition(".")[0]
     if not layer.endswith(INPUT) or block not in modules:
         raise ConfigError(f"hint.teacher={layer!r} is not allowed; hint=ofd takes the teacher's pre-ReLU features, "
-                          f"`<block>.relu:input` of a block with a batch norm (e.g. a resnet's stages.2.0.relu:input)")
+                          f"`<block>.relu:input` of a block with a batch norm; this teacher's: "
+                          f"{', '.join(stage_preact_names(teacher))}")
     bns = [m for m in modules[block].children() if isinstance(m, nn.BatchNorm2d)]
     for child in reversed(list(modules[block].children()) if not bns else []):
         bns = [m for m in child.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -88,7 +95,7 @@ def bn_before(teacher: nn.Module, layer: str) -> nn.BatchNorm2d:
             break
     if not bns:
         raise ConfigError(f"hint.teacher={layer!r}: its block {block!r} has no batch norm of its own to take "
-                          f"hint=ofd's margin from; use a resnet teacher")
+                          f"hint=ofd's margin from; use a teacher with batch norms (a resnet, or teacher.batch_norm=true on a cnn)")
     return bns[-1]
 
 
@@ -97,7 +104,9 @@ class OFD(LayerPairMethod):
     name = "ofd"
     schema = OFDConfig
     single = False
-    revision = 2  # every stage (four on VGG, MobileNetV2, ResNet-50); 1 took the last three at most
+    # 3: pre-ReLU features of CNN/MLP stages (`stages.k.2:input`) and WRNs (the next batch norm's
+    # output); 2: every stage (four on VGG, MobileNetV2, ResNet-50); 1 took the last three at most
+    revision = 3
 
     def resolve(self, student, teacher) -> None:
         if not (self.student_names or self.teacher_names):

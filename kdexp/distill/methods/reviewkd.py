@@ -100,9 +100,10 @@ class ReviewKD(LayerPairMethod):
     name = "reviewkd"
     schema = ReviewKDConfig
     single = False
+    # 3: a CNN's or WRN's teacher levels are its pre-ReLU features (features.stage_preact_names);
     # 2: every stage (four on VGG, MobileNetV2, ResNet-50; 1 took the last three at most), and the
     # warm-up scaled to the run's epochs (methods/warmup.py)
-    revision = 2
+    revision = 3
 
     @classmethod
     def check(cls, cfg) -> None:
