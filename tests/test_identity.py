@@ -111,3 +111,11 @@ def test_a_revised_recipe_is_another_run_and_leaves_every_other_key_alone(monkey
     before = run_key(fitnets, "cpu"), run_key(at, "cpu")
     monkeypatch.setattr(HINT_METHODS["fitnets"], "revision", HINT_METHODS["fitnets"].revision + 1)
     assert run_key(fitnets, "cpu") != before[0] and run_key(at, "cpu") == before[1]
+
+
+def test_the_eval_batch_size_is_not_part_of_a_runs_identity():
+    """It changes how fast a run evaluates, not what it computes: data=cifar100's 64 (issue 26) and
+    any other value give the key the run had with the earlier default of 1000."""
+    base = ["experiment=cifar100_resnet32x4_resnet8x4"]
+    keys = {run_key(compose_cfg(base + [f"data.eval_batch_size={n}"], fast=False), "cpu") for n in (64, 1000, 7)}
+    assert keys == {PINNED_RUN_KEYS[tuple(base)]}

@@ -18,7 +18,10 @@ def mnist5k():
 
 
 REFUSED = [
-    (["hint=ofd"], "hint.teacher='stages.1' is not allowed; hint=ofd takes the teacher's pre-ReLU features"),
+    # The default pair: the cnn teacher's pre-ReLU maps are taken, the MLP student has no maps.
+    (["hint=ofd"], "hint.student='stages.0.1:input' gives features of shape (128,); hint=ofd needs feature maps"),
+    (["hint=ofd", "model@student=cnn", "teacher.batch_norm=false"],
+     "its block 'stages.0' has no batch norm of its own to take hint=ofd's margin from; use a teacher with batch norms"),
     (["hint=fsp", "model@student=cnn", "student.channels=[8,16]"], "hint=fsp needs feature maps with as many channels"),
     (["hint=ft"], "hint=ft needs feature maps (C, H, W)"),
     (["hint=ab"], "hint=ab needs feature maps (C, H, W)"),

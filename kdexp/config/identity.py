@@ -31,6 +31,11 @@ NOT_IDENTITY: dict[str, tuple[str, ...] | None] = {
     "store": None,  # reusing a stored teacher gives the same weights as retraining it
 }
 
+# `data.eval_batch_size` changes how fast a run evaluates, not what it computes, but run keys have
+# always hashed it; it is hashed at the value every earlier key was made with (the default, 1000),
+# so a CIFAR run evaluating 64 at a time (issue 26) keeps its key and equal runs are one.
+KEYED_EVAL_BATCH_SIZE = 1000
+
 # Keys added after the first release → the value that reproduces the earlier behaviour, by dotted
 # path from the top of a run's config.
 ADDED: dict[str, Any] = {
@@ -96,6 +101,8 @@ def run_key(cfg, device: str | None = None, imported: dict | None = None) -> str
         plain["imported"] = imported
     if device is not None:
         plain["trainer"]["device"] = device
+    if "eval_batch_size" in plain.get("data", {}):
+        plain["data"]["eval_batch_size"] = KEYED_EVAL_BATCH_SIZE
     for section, keys in NOT_IDENTITY.items():
         if keys is None:
             plain.pop(section, None)

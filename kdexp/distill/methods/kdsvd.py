@@ -14,8 +14,12 @@ v^l (C × k) the layer's result,
 
 The alignment compares vectors over channels, so each student layer needs as many channels as the
 teacher layer it is paired with (resnet32x4 → resnet8x4, wrn-40-2 → wrn-16-2, vgg13 → vgg8), and
-the method needs two pairs at least. SVD's gradient is undefined where singular values repeat
-(e.g. all-zero channels); as in the reference, only the values, not the gradient, are cleaned.
+the method needs two pairs at least. SVD's gradient is undefined where singular values repeat or
+vanish: a map with fewer positions than channels (a CNN's 7x7 map of 64 channels, ResNet-8x4's 8x8
+of 256) has a null space, and its gradient is non-finite for most samples from the first step. The
+reference cleans only the values, so the non-finite gradient reaches the weights and the next SVD
+fails on a NaN map; here, besides the values, a sample's gradient through the SVD is dropped
+(zero) when it is not finite, and its other terms (CE, KD) still train it.
 
 Recipe (RepDistiller `distiller_zoo/KDSVD.py` with `feat[1:-1]`, mdistiller KDSVD K = 1,
 FEAT_WEIGHT 1; neither publishes a CIFAR-100 number for it): CE + 1 · hint over every stage after the
@@ -42,10 +46,19 @@ def _finite(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
+def _finite_per_sample(grad: torch.Tensor) -> torch.Tensor:
+    """The gradient of each sample whose entries are all finite; zero for the others (on the
+    device: no host sync)."""
+    finite = torch.isfinite(grad).flatten(1).all(dim=1).view(-1, *[1] * (grad.dim() - 1))
+    return torch.where(finite, grad, torch.zeros_like(grad))
+
+
 def singular(f: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, V): the first `n` singular values (N, n), L2-normalised, and right singular vectors
     (N, C, n) of each sample's map read as an (H·W × C) matrix."""
     x = f.flatten(2).transpose(1, 2).float()
+    if x.requires_grad:
+        x.register_hook(_finite_per_sample)
     _, s, vh = torch.linalg.svd(x, full_matrices=False)
     s, v = _finite(s), _finite(vh.transpose(1, 2))
     return F.normalize(s[:, :n], dim=1), F.normalize(v[:, :, :n], dim=1)
