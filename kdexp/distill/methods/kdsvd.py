@@ -15,8 +15,9 @@ v^l (C × k) the layer's result,
 The alignment compares vectors over channels, so each student layer needs as many channels as the
 teacher layer it is paired with (resnet32x4 → resnet8x4, wrn-40-2 → wrn-16-2, vgg13 → vgg8), and
 the method needs two pairs at least. SVD's gradient is undefined where singular values repeat or
-vanish: a map with fewer positions than channels (a CNN's 7x7 map of 64 channels, ResNet-8x4's 8x8
-of 256) has a null space, and its gradient is non-finite for most samples from the first step. The
+vanish: a map with fewer positions than channels has a null space (ResNet-8x4's 8x8 map of 256
+channels, a CNN's 7x7 of 64), and on the CNN's its gradient was non-finite for 56 of 64 samples at
+the first step (measured; the ResNet's was not). The
 reference cleans only the values, so the non-finite gradient reaches the weights and the next SVD
 fails on a NaN map; here, besides the values, a sample's gradient through the SVD is dropped
 (zero) when it is not finite, and its other terms (CE, KD) still train it.
